@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both create .venv and install the locked versions when missing or out of date.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEMO := runs/demo
+
+.PHONY: demo test test-fast bench lock clean
+
+$(INSTALLED): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(INSTALLED)
+
+# Demo data -> ingestion -> shard check -> the input pipeline's figure.
+demo: $(INSTALLED)
+	$(BIN)/pvs demo-data $(DEMO)/images
+	$(BIN)/pvs ingest $(DEMO)/images $(DEMO)/data --shard-size 256kB
+	$(BIN)/pvs verify $(DEMO)/data
+	$(BIN)/pvs preview $(DEMO)/data --out $(DEMO)/preview.png
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(INSTALLED)
+	$(BIN)/python benchmarks/ingest.py
+
+# Re-resolve the dependencies of pyproject.toml in a fresh environment and pin them.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet ".[test]"
+	{ echo "# Exact versions for .venv (make lock rewrites this file): every machine installs the same set."; \
+	  echo "# Python 3.11, Linux x86_64."; \
+	  .venv-lock/bin/pip freeze --exclude product-visual-search; } > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Pure training units (models, losses, metrics, phases): config and data in, artifacts and scores out."""

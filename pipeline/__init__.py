@@ -1,0 +1,1 @@
+"""The orchestration side of product-visual-search: CLI, reports, (later) Prefect tasks."""

@@ -1,0 +1,130 @@
+"""`pvs`: the command line of product-visual-search.
+
+Errors the user can fix (our `UserError`s and invalid options) print one message
+and exit with status 2, without a traceback; anything else is a bug and keeps it.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
+from pydantic import ValidationError
+
+from tfrecords.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _size(text: str) -> int:
+    """'128MB', '64k', '1e6' or '1000' -> bytes (decimal units, as disk sizes are sold)."""
+    units = {"k": 10**3, "m": 10**6, "g": 10**9}
+    cleaned = text.strip().lower().removesuffix("b")
+    try:
+        if cleaned and cleaned[-1] in units:
+            return int(float(cleaned[:-1]) * units[cleaned[-1]])
+        return int(float(cleaned))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 128MB, 500k or 1000000") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pvs", description="Train product visual search models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo-data", help="generate the offline demo product dataset")
+    demo.add_argument("out_dir", type=Path)
+    demo.add_argument("--products", type=int, default=60)
+    demo.add_argument("--shots", type=int, default=6, help="images per product")
+    demo.add_argument("--categories", type=int, default=5)
+    demo.add_argument("--image-size", type=int, default=96, help="pixels of the longer side")
+    demo.add_argument("--seed", type=int, default=0)
+
+    ingest = commands.add_parser("ingest", help="images (CSV or folder) to sharded TFRecords")
+    ingest.add_argument("source", type=Path, help="a CSV (path, product_id[, category][, split]) or an image folder")
+    ingest.add_argument("out_dir", type=Path)
+    ingest.add_argument("--shard-size", type=_size, default="128MB", help="target bytes per shard (default 128MB)")
+    ingest.add_argument("--val-fraction", type=float, default=0.1)
+    ingest.add_argument("--test-fraction", type=float, default=0.1)
+    ingest.add_argument("--seed", type=int, default=0)
+    ingest.add_argument("--workers", type=int, default=None, help="parallel shard writers (default: CPU count)")
+    ingest.add_argument("--strict", action="store_true", help="fail on the first unusable image")
+    ingest.add_argument("--no-progress", action="store_true")
+
+    verify = commands.add_parser("verify", help="check every shard of a folder against its manifest")
+    verify.add_argument("data_dir", type=Path)
+
+    preview = commands.add_parser("preview", help="draw what the reading pipeline gives the model")
+    preview.add_argument("data_dir", type=Path)
+    preview.add_argument("--out", type=Path, default=None, help="PNG path (default DATA_DIR/preview.png)")
+    preview.add_argument("--image-size", type=int, default=96)
+    return parser
+
+
+def _demo_data(args) -> None:
+    from tfrecords.demo_data import DemoOptions, write_demo_data
+
+    options = DemoOptions(args.products, args.shots, args.categories, args.image_size, args.seed)
+    try:
+        count = write_demo_data(args.out_dir, options)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    print(f"wrote {count} images of {args.products} products in {args.categories} categories to {args.out_dir}")
+
+
+def _ingest(args) -> None:
+    from tfrecords.ingest import ingest, summary
+    from tfrecords.options import IngestOptions
+
+    chosen = dict(
+        shard_size=args.shard_size,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        strict=args.strict,
+    )
+    if args.workers is not None:
+        chosen["workers"] = args.workers
+    manifest = ingest(args.source, args.out_dir, IngestOptions(**chosen), progress=not args.no_progress)
+    print(summary(manifest))
+    print(f"manifest: {args.out_dir / 'manifest.json'}")
+
+
+def _verify(args) -> None:
+    from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
+
+    manifest = read_manifest(args.data_dir, ImageManifest)
+    verify_shards(args.data_dir, manifest.shards)
+    total = sum(shard.records for shard in manifest.shards)
+    print(f"ok: {len(manifest.shards)} shards, {total} records match {args.data_dir / 'manifest.json'}")
+
+
+def _preview(args) -> None:
+    from pipeline.preview import write_preview
+
+    out = write_preview(args.data_dir, args.out or args.data_dir / "preview.png", args.image_size)
+    print(f"wrote {out}")
+
+
+COMMANDS = {"demo-data": _demo_data, "ingest": _ingest, "verify": _verify, "preview": _preview}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in error.errors())
+        print(f"error: invalid option: {problems}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Errors a user can cause, shown by the CLI as one message without a traceback.
+
+Every layer (tfrecords, phases, pipeline) raises subclasses of `UserError`;
+the message says what was wrong, where (file, row, field) and how to fix it.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input or setup, not a bug in this package."""
+
+
+class SourceError(UserError):
+    """The image source (CSV or folder) cannot be ingested as given."""
+
+
+class ImageError(UserError):
+    """An image could not be read or decoded (raised only in strict mode)."""
+
+
+class ShardIntegrityError(UserError):
+    """A shard is missing, truncated or altered: its sha256 differs from the manifest."""
+
+
+class ManifestError(UserError):
+    """A manifest is missing, unreadable, or of an unknown schema version."""

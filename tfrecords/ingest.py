@@ -1,0 +1,190 @@
+"""`pvs ingest`: images to sharded TFRecords plus `manifest.json`, resumable.
+
+Order of work: list the source, assign splits, plan shards (deterministic, so a
+rerun plans the same shards), keep every shard already finished by an earlier
+run (file present, sidecar present, same plan, same sha256), write the rest in
+parallel, then write the manifest. An interrupted run leaves only whole shards
+and `.tmp` files, which the next run sweeps.
+"""
+
+import json
+import random
+import re
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tfrecords.errors import SourceError
+from tfrecords.files import remove_stale_temporaries, sha256_file
+from tfrecords.manifest import ImageManifest, ShardEntry, SkippedImage, write_manifest
+from tfrecords.options import IngestOptions
+from tfrecords.shard_writer import (
+    PARTS_FOLDER,
+    PlannedImage,
+    PlannedShard,
+    ShardOutcome,
+    sidecar_path,
+    write_shard,
+)
+from tfrecords.sources import SourceImage, scan_source
+from tfrecords.splits import SPLITS, assign_splits
+
+SHARD_NAME = re.compile(r"^(?P<split>[a-z_]+)-\d{5}-of-\d{5}\.tfrecord$")
+
+
+def ingest(source: str | Path, out_dir: str | Path, options: IngestOptions, progress: bool = True) -> ImageManifest:
+    """Ingest `source` (CSV or image folder) into `out_dir`; returns the manifest."""
+    out = Path(out_dir)
+    if out.resolve() == Path(source).resolve():
+        raise SourceError(f"{out}: the output folder must not be the source folder")
+    images = scan_source(source)
+    split_plan = assign_splits(images, options.val_fraction, options.test_fraction, options.seed)
+    products = {name: i for i, name in enumerate(sorted({image.product for image in images}))}
+    categories = {name: i for i, name in enumerate(sorted({image.category for image in images if image.category}))}
+    shards = plan_shards(images, split_plan.splits, products, categories, options)
+
+    (out / PARTS_FOLDER).mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    remove_stale_temporaries(out / PARTS_FOLDER)
+    finished = {shard.file: outcome for shard in shards if (outcome := finished_outcome(out, shard))}
+    todo = [shard for shard in shards if shard.file not in finished]
+    with tqdm(
+        total=len(images),
+        initial=sum(len(shard.images) for shard in shards if shard.file in finished),
+        unit="img",
+        desc=f"ingest {out.name}",
+        disable=not progress,
+        file=sys.stderr,
+    ) as bar:
+        for outcome in _write_all(todo, out, options):
+            finished[outcome.file] = outcome
+            bar.update(len(next(s for s in todo if s.file == outcome.file).images))
+    _remove_unplanned_shards(out, {shard.file for shard in shards})
+
+    outcomes = [finished[shard.file] for shard in shards]
+    manifest = ImageManifest(
+        source=str(source),
+        options=options.model_dump(exclude={"workers"}),
+        counts={split: sum(o.records for o in outcomes if o.split == split) for split in SPLITS},
+        products=products,
+        categories=categories,
+        distractor_products=split_plan.distractor_products,
+        shards=[ShardEntry(file=o.file, split=o.split, records=o.records, bytes=o.bytes, sha256=o.sha256) for o in outcomes],
+        skipped=[SkippedImage(image_id=i, reason=r) for o in outcomes for i, r in o.skipped],
+    )
+    write_manifest(out, manifest)
+    return manifest
+
+
+def plan_shards(
+    images: list[SourceImage],
+    splits: list[str],
+    products: dict[str, int],
+    categories: dict[str, int],
+    options: IngestOptions,
+) -> list[PlannedShard]:
+    """Cut each split into shards of at most `options.shard_size` bytes of images.
+
+    Records are shuffled (seeded) before cutting so that a shard mixes products:
+    readers interleave a few shards at a time, and sorted shards would feed a
+    batch with one product only.
+    """
+    planned = []
+    for split in SPLITS:
+        members = [_planned_image(image, products, categories) for image, s in zip(images, splits) if s == split]
+        random.Random(f"{options.seed}:{split}").shuffle(members)
+        groups: list[list[PlannedImage]] = []
+        size = 0
+        for image in members:
+            if not groups or (size + image.size > options.shard_size and groups[-1]):
+                groups.append([])
+                size = 0
+            groups[-1].append(image)
+            size += max(image.size, 0)
+        planned += [
+            PlannedShard(file=f"{split}-{i:05d}-of-{len(groups):05d}.tfrecord", split=split, images=tuple(group))
+            for i, group in enumerate(groups)
+        ]
+    return planned
+
+
+def _planned_image(image: SourceImage, products: dict[str, int], categories: dict[str, int]) -> PlannedImage:
+    try:
+        stat = image.path.stat()
+        size, mtime_ns = stat.st_size, stat.st_mtime_ns
+    except OSError:
+        size, mtime_ns = -1, 0  # the writer lists it as missing or unreadable
+    return PlannedImage(
+        path=str(image.path),
+        image_id=image.image_id,
+        product_id=products[image.product],
+        category_id=categories.get(image.category, -1),
+        size=size,
+        mtime_ns=mtime_ns,
+    )
+
+
+def finished_outcome(out: Path, shard: PlannedShard) -> ShardOutcome | None:
+    """The outcome of an earlier run's write of this very shard, if it can be trusted."""
+    sidecar, shard_path = sidecar_path(out, shard.file), out / shard.file
+    if not (sidecar.is_file() and shard_path.is_file()):
+        return None
+    try:
+        outcome = ShardOutcome(**json.loads(sidecar.read_text()))
+    except (ValueError, TypeError):
+        return None
+    if outcome.plan_digest != shard.digest() or outcome.bytes != shard_path.stat().st_size:
+        return None
+    if sha256_file(shard_path) != outcome.sha256:
+        return None
+    outcome.skipped = [tuple(pair) for pair in outcome.skipped]
+    return outcome
+
+
+def _write_all(todo: list[PlannedShard], out: Path, options: IngestOptions):
+    """Yield each shard's outcome as it finishes; in parallel when workers > 1."""
+    workers = min(options.workers, len(todo))
+    if workers <= 1:
+        for shard in todo:
+            yield write_shard(shard, str(out), options.strict, options.max_image_pixels)
+        return
+    # spawn, not fork: the caller may have TensorFlow's threads running.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(write_shard, shard, str(out), options.strict, options.max_image_pixels) for shard in todo
+        ]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _remove_unplanned_shards(out: Path, planned: set[str]) -> None:
+    """Delete shards an earlier run planned differently, so the folder matches the manifest."""
+    for path in out.glob("*.tfrecord"):
+        if SHARD_NAME.match(path.name) and path.name not in planned:
+            path.unlink()
+            sidecar_path(out, path.name).unlink(missing_ok=True)
+
+
+def summary(manifest: ImageManifest) -> str:
+    """The lines `pvs ingest` prints: counts per split, shards, skipped files by reason."""
+    lines = [
+        f"{sum(manifest.counts.values())} images of {len(manifest.products)} products"
+        f" ({len(manifest.categories)} categories) in {len(manifest.shards)} shards",
+        "  " + ", ".join(f"{split} {count}" for split, count in manifest.counts.items()),
+    ]
+    if manifest.distractor_products:
+        lines.append(f"  {len(manifest.distractor_products)} single-image eval products kept as index distractors")
+    if manifest.skipped:
+        reasons = Counter(item.reason.split(":")[0] for item in manifest.skipped)
+        listing = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+        lines.append(f"  skipped {len(manifest.skipped)} file(s) ({listing}); listed in manifest.json")
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Read ingested shards back as a tf.data pipeline of prepared images.
+
+list shards (from the manifest, sha256 checked) -> [shuffle shard order] ->
+parallel interleave -> [shuffle records, still encoded: cheap to buffer] ->
+parallel parse, decode, pad-to-square, resize -> [augment] -> [batch] -> prefetch.
+
+Each element is a dict: `image` float32 [size, size, 3] in [0, 255], `product_id`
+and `category_id` int64 (-1 when the source had no categories), `image_id`
+string and `view` int32 (which of the six views, 0 without augmentation).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import tensorflow as tf
+
+from tfrecords.errors import UserError
+from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
+from tfrecords.options import ReadOptions
+from tfrecords.preprocess import NUM_VIEWS, all_views, prepare, view
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+RECORD_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/format": tf.io.FixedLenFeature([], tf.string),
+    "image/id": tf.io.FixedLenFeature([], tf.string),
+    "product/id": tf.io.FixedLenFeature([], tf.int64),
+    "category/id": tf.io.FixedLenFeature([], tf.int64),
+    "split": tf.io.FixedLenFeature([], tf.string),
+}
+
+
+def parse_record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """One serialized image record -> its raw features (bytes not decoded)."""
+    return tf.io.parse_single_example(serialized, RECORD_FEATURES)
+
+
+def shard_paths(data_dir: str | Path, splits: str | Sequence[str], verify: bool = True) -> list[str]:
+    """Paths of the shards of `splits`, checked against the manifest when `verify`."""
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    manifest = read_manifest(data_dir, ImageManifest)
+    shards = [shard for split in splits for shard in manifest.shards_of(split)]
+    if not shards:
+        raise UserError(
+            f"{data_dir}: no images in split(s) {', '.join(splits)}; the manifest has "
+            + ", ".join(f"{name} {count}" for name, count in manifest.counts.items())
+        )
+    if verify:
+        verify_shards(data_dir, shards)
+    return [str(Path(data_dir) / shard.file) for shard in shards]
+
+
+def read_images(data_dir: str | Path, splits: str | Sequence[str], options: ReadOptions) -> tf.data.Dataset:
+    """The reading pipeline for `splits` of an ingested folder (see module docstring)."""
+    paths = shard_paths(data_dir, splits, options.verify)
+    deterministic = options.deterministic
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if options.shuffle_buffer:
+        files = files.shuffle(len(paths), seed=options.seed, reshuffle_each_iteration=True)
+    records = files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(paths), 8),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if options.shuffle_buffer:
+        records = records.shuffle(options.shuffle_buffer, seed=options.seed + 1, reshuffle_each_iteration=True)
+    size = options.image_size
+
+    def load(serialized):
+        raw = parse_record(serialized)
+        return {
+            "image": prepare(raw["image/encoded"], size),
+            "product_id": raw["product/id"],
+            "category_id": raw["category/id"],
+            "image_id": raw["image/id"],
+            "view": tf.constant(0, tf.int32),
+        }
+
+    images = records.map(load, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    images = _augment(images, options)
+    if options.batch_size:
+        images = images.batch(options.batch_size, drop_remainder=options.drop_remainder)
+    dataset_options = tf.data.Options()
+    dataset_options.deterministic = deterministic
+    return images.prefetch(AUTOTUNE).with_options(dataset_options)
+
+
+def _augment(images: tf.data.Dataset, options: ReadOptions) -> tf.data.Dataset:
+    if options.augment == "all":
+
+        def expand(element):
+            repeated = {key: tf.repeat(value[None], NUM_VIEWS, axis=0) for key, value in element.items() if key != "image"}
+            repeated["image"] = all_views(element["image"])
+            repeated["view"] = tf.range(NUM_VIEWS, dtype=tf.int32)
+            return tf.data.Dataset.from_tensor_slices(repeated)
+
+        return images.flat_map(expand)
+    if options.augment == "random":
+        draws = tf.data.Dataset.random(seed=options.seed + 2, rerandomize_each_iteration=True)
+
+        def pick(element, draw):
+            index = tf.cast(draw % NUM_VIEWS, tf.int32)
+            return {**element, "image": view(element["image"], index), "view": index}
+
+        return tf.data.Dataset.zip(images, draws).map(pick, num_parallel_calls=AUTOTUNE, deterministic=options.deterministic)
+    return images

@@ -1,0 +1,150 @@
+"""Find the images of a source: a CSV file or an image folder.
+
+A CSV has the columns `path` and `product_id`, optionally `category` and `split`;
+paths are relative to the CSV's folder or absolute. A folder is either
+`SRC/<product_id>/<image>` or `SRC/<category>/<product_id>/<image>`, told apart
+by depth. Only the listing happens here: images are opened by the writer.
+"""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from tfrecords.errors import SourceError
+from tfrecords.splits import SPLIT_ALIASES
+
+REQUIRED_COLUMNS = ("path", "product_id")
+OPTIONAL_COLUMNS = ("category", "split")
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One image named by the source.
+
+    `image_id` is the path as the source names it (relative to the source root,
+    POSIX separators), used as the image's id in records and submissions.
+    `row` is the CSV line number for messages (None for folders).
+    """
+
+    path: Path
+    image_id: str
+    product: str
+    category: str | None = None
+    split: str | None = None
+    row: int | None = None
+
+    @property
+    def where(self) -> str:
+        return f"row {self.row}" if self.row is not None else self.image_id
+
+
+def scan_source(source: str | Path) -> list[SourceImage]:
+    """List the images of a CSV file or an image folder, sorted by image id."""
+    source = Path(source)
+    if not source.exists():
+        raise SourceError(f"{source}: no such file or folder; give a CSV file or an image folder")
+    images = _scan_csv(source) if source.is_file() else _scan_folder(source)
+    if not images:
+        raise SourceError(f"{source}: the source names no images")
+    _check_consistent_products(images, source)
+    return sorted(images, key=lambda image: image.image_id)
+
+
+def _scan_csv(csv_path: Path) -> list[SourceImage]:
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [name.strip() for name in (reader.fieldnames or [])]
+            missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+            if missing:
+                raise SourceError(
+                    f"{csv_path}: missing column(s) {', '.join(missing)}; found "
+                    f"{', '.join(columns) or 'no header'}. Needed: path, product_id "
+                    f"(optional: category, split)"
+                )
+            reader.fieldnames = columns
+            rows = list(enumerate(reader, start=2))
+    except UnicodeDecodeError as error:
+        raise SourceError(
+            f"{csv_path}: not UTF-8 text (byte {error.start}); save the CSV as UTF-8"
+        ) from None
+    images, seen = [], {}
+    for row_number, row in rows:
+        image = _csv_row_image(csv_path, row_number, row)
+        if image.image_id in seen:
+            raise SourceError(
+                f"{csv_path}: row {row_number} repeats the image {image.image_id!r} of row "
+                f"{seen[image.image_id]}; each image may be listed once"
+            )
+        seen[image.image_id] = row_number
+        images.append(image)
+    return images
+
+
+def _csv_row_image(csv_path: Path, row_number: int, row: dict) -> SourceImage:
+    values = {key: (row.get(key) or "").strip() for key in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
+    for key in REQUIRED_COLUMNS:
+        if not values[key]:
+            raise SourceError(f"{csv_path}: row {row_number} has an empty {key!r}")
+    split = values["split"].lower() or None
+    if split is not None and split not in SPLIT_ALIASES:
+        raise SourceError(
+            f"{csv_path}: row {row_number} has split {values['split']!r}; use one of "
+            f"{', '.join(SPLIT_ALIASES)} (or leave the column out to split by product)"
+        )
+    given = Path(values["path"])
+    return SourceImage(
+        path=given if given.is_absolute() else (csv_path.parent / given),
+        image_id=given.as_posix(),
+        product=values["product_id"],
+        category=values["category"] or None,
+        split=split,
+        row=row_number,
+    )
+
+
+def _scan_folder(root: Path) -> list[SourceImage]:
+    files = [
+        path
+        for path in root.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    ]
+    depths = {len(path.relative_to(root).parts) for path in files}
+    if not files:
+        return []
+    if not depths <= {2, 3} or len(depths) > 1:
+        examples = {depth: next(p for p in files if len(p.relative_to(root).parts) == depth) for depth in depths}
+        listing = "; ".join(f"{p.relative_to(root)}" for p in examples.values())
+        raise SourceError(
+            f"{root}: images must all be at SRC/<product_id>/<image> or all at "
+            f"SRC/<category>/<product_id>/<image>; found files at several depths: {listing}"
+        )
+    with_category = depths == {3}
+    images = []
+    for path in files:
+        parts = path.relative_to(root).parts
+        images.append(
+            SourceImage(
+                path=path,
+                image_id=Path(*parts).as_posix(),
+                product=parts[-2],
+                category=parts[0] if with_category else None,
+            )
+        )
+    return images
+
+
+def _check_consistent_products(images: list[SourceImage], source: Path) -> None:
+    """A product belongs to one category; categories are given for all images or none."""
+    with_category = [image for image in images if image.category is not None]
+    if with_category and len(with_category) != len(images):
+        first = next(image for image in images if image.category is None)
+        raise SourceError(f"{source}: {first.where} has no category while others have one")
+    category_of: dict[str, SourceImage] = {}
+    for image in images:
+        first = category_of.setdefault(image.product, image)
+        if first.category != image.category:
+            raise SourceError(
+                f"{source}: product {image.product!r} is in category {first.category!r} "
+                f"({first.where}) and {image.category!r} ({image.where}); a product has one category"
+            )
