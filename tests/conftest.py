@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny generated datasets and helpers to make images and CSVs."""
+
+import csv
+import io
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tfrecords.demo_data import DemoOptions, write_demo_data  # noqa: E402
+from tfrecords.ingest import ingest  # noqa: E402
+from tfrecords.options import IngestOptions  # noqa: E402
+
+# Small enough for 2 cores: 24 products x 4 shots of 48 px.
+TINY_DEMO = DemoOptions(products=24, shots=4, categories=3, image_size=48, seed=7)
+TINY_SHARD = 20_000  # bytes: several shards per split even for tiny data
+
+
+@pytest.fixture(scope="session")
+def demo_images(tmp_path_factory) -> Path:
+    """A generated image folder, SRC/<category>/<product>/<shot>.{jpg,png}."""
+    folder = tmp_path_factory.mktemp("demo") / "images"
+    write_demo_data(folder, TINY_DEMO)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ingested(demo_images, tmp_path_factory) -> Path:
+    """The demo images ingested into shards (read-only for tests: copy before changing)."""
+    out = tmp_path_factory.mktemp("ingested") / "data"
+    ingest(demo_images, out, IngestOptions(shard_size=TINY_SHARD, val_fraction=0.2, test_fraction=0.2, workers=1), progress=False)
+    return out
+
+
+def image_bytes(kind: str = "JPEG", mode: str = "RGB", size=(24, 16), colour=(200, 30, 60)) -> bytes:
+    """Encoded bytes of a small test image with a gradient, so flips and rotations differ."""
+    height, width = size[1], size[0]
+    ramp = np.linspace(0, 255, width * height, dtype=np.float32).reshape(height, width)
+    pixels = np.stack([ramp, np.full_like(ramp, colour[1]), 255 - ramp], axis=-1).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB").convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def write_image(path: Path, data: bytes | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image_bytes() if data is None else data)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    columns = columns or list(rows[0])
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_records(data_dir: Path, split: str) -> list[dict]:
+    """Every record of a split as written, parsed by TensorFlow (no decoding)."""
+    import tensorflow as tf
+
+    from tfrecords.reader import parse_record, shard_paths
+
+    dataset = tf.data.TFRecordDataset(shard_paths(data_dir, split)).map(parse_record)
+    return list(dataset.as_numpy_iterator())
