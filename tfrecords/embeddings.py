@@ -68,6 +68,7 @@ class EmbeddingWriter:
             )
             if len(pending) == self.records_per_shard:
                 self._flush(split)
+                pending = self._pending.setdefault(split, [])
 
     def _flush(self, split: str) -> None:
         records = self._pending.pop(split, [])

@@ -70,6 +70,8 @@ def assign_splits(
             for position in undivided:
                 splits[position] = "train"
             continue
+        if not undivided:  # every image already says query or index
+            continue
         if len(undivided) == 1 and explicit:
             image = images[undivided[0]]
             raise SourceError(
