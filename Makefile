@@ -18,7 +18,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 # Demo data -> ingestion -> shard check -> the input pipeline's figure.
 demo: $(INSTALLED)
 	$(BIN)/pvs demo-data $(DEMO)/images
-	$(BIN)/pvs ingest $(DEMO)/images $(DEMO)/data --shard-size 256kB
+	$(BIN)/pvs ingest $(DEMO)/images $(DEMO)/data --shard-size 256kB --val-fraction 0.2 --test-fraction 0.2
 	$(BIN)/pvs verify $(DEMO)/data
 	$(BIN)/pvs preview $(DEMO)/data --out $(DEMO)/preview.png
 

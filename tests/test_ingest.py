@@ -51,9 +51,9 @@ def test_shards_stay_near_the_target_size(ingested):
     manifest = read_manifest(ingested, ImageManifest)
     train = manifest.shards_of("train")
     assert len(train) > 3
-    record_overhead = 200  # framing and feature keys per record
     for shard in train:
-        assert shard.bytes <= TINY_SHARD + shard.records * record_overhead or shard.records == 1
+        assert shard.bytes <= TINY_SHARD or shard.records == 1
+    assert sum(s.bytes for s in train) > 0.7 * TINY_SHARD * len(train)  # and near it, not far below
 
 
 def test_parallel_ingestion_writes_the_same_shards_as_serial(demo_images, ingested, tmp_path):

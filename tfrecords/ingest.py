@@ -33,6 +33,9 @@ from tfrecords.shard_writer import (
 from tfrecords.sources import SourceImage, scan_source
 from tfrecords.splits import SPLITS, assign_splits
 
+# Upper bound of a record's bytes besides the image and its id: TFRecord framing (16)
+# plus the Example's feature keys, tags, lengths and int values (~150).
+RECORD_OVERHEAD = 192
 SHARD_NAME = re.compile(r"^(?P<split>[a-z_]+)-\d{5}-of-\d{5}\.tfrecord$")
 
 
@@ -100,11 +103,12 @@ def plan_shards(
         groups: list[list[PlannedImage]] = []
         size = 0
         for image in members:
-            if not groups or (size + image.size > options.shard_size and groups[-1]):
+            record_size = max(image.size, 0) + len(image.image_id.encode("utf-8")) + RECORD_OVERHEAD
+            if not groups or (size + record_size > options.shard_size and groups[-1]):
                 groups.append([])
                 size = 0
             groups[-1].append(image)
-            size += max(image.size, 0)
+            size += record_size
         planned += [
             PlannedShard(file=f"{split}-{i:05d}-of-{len(groups):05d}.tfrecord", split=split, images=tuple(group))
             for i, group in enumerate(groups)
