@@ -12,8 +12,7 @@ import random
 import re
 import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm import tqdm
@@ -150,14 +149,18 @@ def finished_outcome(out: Path, shard: PlannedShard) -> ShardOutcome | None:
 
 
 def _write_all(todo: list[PlannedShard], out: Path, options: IngestOptions):
-    """Yield each shard's outcome as it finishes; in parallel when workers > 1."""
+    """Yield each shard's outcome as it finishes; in parallel when workers > 1.
+
+    Threads, not processes: reading, decoding (Pillow) and hashing release the GIL,
+    and threads need no `if __name__ == "__main__"` guard in the caller's script
+    nor a fork of a process that may already run TensorFlow.
+    """
     workers = min(options.workers, len(todo))
     if workers <= 1:
         for shard in todo:
             yield write_shard(shard, str(out), options.strict, options.max_image_pixels)
         return
-    # spawn, not fork: the caller may have TensorFlow's threads running.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
         futures = [
             pool.submit(write_shard, shard, str(out), options.strict, options.max_image_pixels) for shard in todo
         ]

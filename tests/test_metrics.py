@@ -1,0 +1,247 @@
+"""Retrieval scores and triplet accuracy: hand-computed cases, ties, chunking, and brute-force references."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from phases.metrics import MetricInputError, nearest_neighbours, retrieval_scores, triplet_accuracy
+
+SCORE_NAMES = ["mar_at_10", "map_at_10", "recall_at_1", "recall_at_5", "recall_at_10", "precision_at_1", "map_at_r"]
+
+
+def on_unit_circle(cosines) -> np.ndarray:
+    """[n, 2] vectors whose cosine with [1, 0] is each given value (and with [0, 1] its sine)."""
+    cosines = np.asarray(cosines, dtype=np.float64)
+    return np.stack([cosines, np.sqrt(1 - cosines**2)], axis=1)
+
+
+def clustered_data(seed: int, n_query=40, n_index=200, products=15, dim=16, duplicates=20):
+    """Random queries and index of `products` labels (~13 index items each), drawn near one centre per
+    label so that rankings are neither perfect nor random; some queries have labels absent from the
+    index, and `duplicates` index rows repeat others, to make ties."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((products + 3, dim))
+    index_labels = rng.integers(0, products, n_index)
+    query_labels = rng.integers(0, products + 3, n_query)  # labels >= products are not in the index
+    index = centres[index_labels] + 1.5 * rng.standard_normal((n_index, dim))
+    copies = rng.choice(n_index, duplicates, replace=False)
+    index[copies] = index[rng.choice(n_index, duplicates, replace=False)]
+    queries = centres[query_labels] + 1.5 * rng.standard_normal((n_query, dim))
+    return queries, query_labels, index, index_labels
+
+
+def brute_force_scores(queries, query_labels, index, index_labels) -> dict:
+    """The definitions written plainly: full similarity matrix, a stable argsort per query, Python loops."""
+    unit_queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    unit_index = index / np.linalg.norm(index, axis=1, keepdims=True)
+    similarities = unit_queries @ unit_index.T
+    per_query = {name: [] for name in SCORE_NAMES}
+    skipped = 0
+    for row, label in enumerate(query_labels):
+        relevant_count = int(np.sum(index_labels == label))
+        if relevant_count == 0:
+            skipped += 1
+            continue
+        ranking = np.argsort(-similarities[row], kind="stable")
+        relevant = [int(index_labels[position] == label) for position in ranking]
+
+        def average_precision(cutoff, denominator):
+            return sum(sum(relevant[:r]) / r * relevant[r - 1] for r in range(1, cutoff + 1)) / denominator
+
+        per_query["mar_at_10"].append(sum(relevant[:10]) / min(10, relevant_count))
+        per_query["map_at_10"].append(average_precision(min(10, len(relevant)), min(10, relevant_count)))
+        per_query["recall_at_1"].append(float(any(relevant[:1])))
+        per_query["recall_at_5"].append(float(any(relevant[:5])))
+        per_query["recall_at_10"].append(float(any(relevant[:10])))
+        per_query["precision_at_1"].append(float(relevant[0]))
+        per_query["map_at_r"].append(average_precision(relevant_count, relevant_count))
+    scores = {name: float(np.mean(values)) for name, values in per_query.items()}
+    return scores | {"n_queries": len(query_labels) - skipped, "n_queries_without_relevant": skipped}
+
+
+@pytest.fixture
+def hand_case():
+    """14 index items at cosines 1.00, 0.95, ..., 0.35 with [1, 0] (so rank i+1 for query [1, 0], and
+    the reverse order for query [0, 1]): label 1 at positions 1, 4, 11; label 2 elsewhere (R = 11).
+    Query A = [1, 0] of label 1, query B = [0, 1] of label 2, query C of label 3, absent from the index."""
+    index = on_unit_circle(1 - 0.05 * np.arange(14))
+    index_labels = np.full(14, 2)
+    index_labels[[1, 4, 11]] = 1
+    queries = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    return queries, np.array([1, 2, 3]), index, index_labels
+
+
+def test_hand_computed_scores_for_a_known_ranking(hand_case):
+    # Query A: relevant at ranks 2, 5 and 12, R = 3: two of three in the top 10.
+    a = {
+        "mar_at_10": 2 / 3,
+        "map_at_10": (1 / 2 + 2 / 5) / 3,
+        "recall_at_1": 0,
+        "recall_at_5": 1,
+        "recall_at_10": 1,
+        "precision_at_1": 0,
+        "map_at_r": (1 / 2) / 3,  # ranks 1..3 hold one relevant item, at rank 2
+    }
+    # Query B sees the reverse order: positions 11, 4, 1 (label 1) are its ranks 3, 10, 13; R = 11 > 10.
+    b = {
+        "mar_at_10": 8 / 10,
+        "map_at_10": (1 + 1 + 3 / 4 + 4 / 5 + 5 / 6 + 6 / 7 + 7 / 8 + 8 / 9) / 10,
+        "recall_at_1": 1,
+        "recall_at_5": 1,
+        "recall_at_10": 1,
+        "precision_at_1": 1,
+        "map_at_r": (1 + 1 + 3 / 4 + 4 / 5 + 5 / 6 + 6 / 7 + 7 / 8 + 8 / 9 + 9 / 11) / 11,
+    }
+    expected = {name: (a[name] + b[name]) / 2 for name in SCORE_NAMES}
+    scores = retrieval_scores(*hand_case)
+    assert list(scores) == SCORE_NAMES + ["n_queries", "n_queries_without_relevant"]
+    assert scores == pytest.approx(expected | {"n_queries": 2, "n_queries_without_relevant": 1}, abs=1e-12)
+
+
+def test_query_without_relevant_items_is_left_out_and_counted(hand_case):
+    queries, query_labels, index, index_labels = hand_case
+    with_absent = retrieval_scores(queries, query_labels, index, index_labels)
+    without = retrieval_scores(queries[:2], query_labels[:2], index, index_labels)
+    assert with_absent == without | {"n_queries_without_relevant": 1}
+
+
+def test_equal_similarities_rank_the_lower_index_position_first():
+    index = np.ones((12, 3))  # all at the same similarity to any query
+    query = np.array([[1.0, 2.0, 3.0]])
+    for relevant_position, in_top_10 in [(0, 1.0), (9, 1.0), (10, 0.0), (11, 0.0)]:
+        labels = np.zeros(12, dtype=int)
+        labels[relevant_position] = 1
+        scores = retrieval_scores(query, [1], index, labels)
+        assert scores["precision_at_1"] == float(relevant_position == 0)
+        assert scores["mar_at_10"] == in_top_10
+        assert scores["map_at_r"] == float(relevant_position == 0)  # R = 1: only rank 1 counts
+
+
+def test_zero_vectors_have_similarity_zero_not_nan():
+    index = np.array([[-1.0, 0.2], [0.0, 0.0], [1.0, 0.1]])  # cosines with [1, 0]: negative, 0, positive
+    labels = np.array([1, 2, 3])
+    # Ranked [3, 2, 1]: the zero vector sits between the positive and the negative cosine.
+    assert retrieval_scores([[1.0, 0.0]], [2], index, labels)["map_at_r"] == 0
+    assert retrieval_scores([[1.0, 0.0]], [2], index, labels)["mar_at_10"] == 1
+    # A zero query is at similarity 0 to everything: ties, ranked by position.
+    zero_query = retrieval_scores([[0.0, 0.0]], [1], index, labels)
+    assert zero_query["precision_at_1"] == 1
+    assert not any(np.isnan(value) for value in zero_query.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scores_match_a_brute_force_full_matrix_reference(seed):
+    data = clustered_data(seed)
+    expected = brute_force_scores(*data)
+    assert 0.1 < expected["mar_at_10"] < 0.9, "the data should rank neither perfectly nor randomly"
+    assert retrieval_scores(*data) == pytest.approx(expected, rel=1e-12)
+
+
+def test_chunk_size_does_not_change_any_score():
+    data = clustered_data(seed=3)
+    all_at_once = retrieval_scores(*data, chunk_size=len(data[0]))
+    assert retrieval_scores(*data, chunk_size=1) == all_at_once
+    assert retrieval_scores(*data, chunk_size=3) == all_at_once
+    assert retrieval_scores(*data, max_block_bytes=1) == all_at_once  # the budget's floor: one query per chunk
+
+
+def test_scaling_a_vector_changes_nothing():
+    # No duplicates: two copies scaled apart would differ by rounding and no longer tie.
+    queries, query_labels, index, index_labels = clustered_data(seed=4, duplicates=0)
+    rng = np.random.default_rng(4)
+    scaled_queries = queries * rng.uniform(0.1, 10, (len(queries), 1))
+    scaled_index = index * rng.uniform(0.1, 10, (len(index), 1))
+    assert retrieval_scores(scaled_queries, query_labels, scaled_index, index_labels) == retrieval_scores(
+        queries, query_labels, index, index_labels
+    )
+
+
+def test_tensorflow_tensors_are_accepted():
+    tf = pytest.importorskip("tensorflow")
+    data = clustered_data(seed=5)
+    tensors = [tf.constant(array) for array in data]
+    assert retrieval_scores(*tensors) == retrieval_scores(*data)
+    labels, embeddings = data[3], data[2]
+    assert triplet_accuracy(tf.constant(labels), tf.constant(embeddings)) == triplet_accuracy(labels, embeddings)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ((np.zeros((0, 4)), [], np.ones((3, 4)), [1, 2, 3]), "query set is empty"),
+        ((np.ones((2, 4)), [1, 2], np.zeros((0, 4)), []), "index set is empty"),
+        ((np.ones((2, 4)), [1, 2], np.ones((3, 5)), [1, 2, 3]), r"query embeddings \[2, 4\] and index .* \[3, 5\]"),
+        ((np.ones((2, 4)), [1, 2, 3], np.ones((3, 4)), [1, 2, 3]), r"got labels \[3\] for embeddings \[2, 4\]"),
+        ((np.ones(4), [1], np.ones((3, 4)), [1, 2, 3]), r"query embeddings must be \[n, dim\]; got \[4\]"),
+        ((np.ones((2, 4)), [7, 8], np.ones((3, 4)), [1, 2, 3]), "no query label occurs in the index"),
+        (
+            (np.ones((2, 4)), [1, 2], np.full((3, 4), np.nan), [1, 2, 3]),
+            r"3 index embeddings are not finite .* rows \[0, 1, 2\]",
+        ),
+    ],
+)
+def test_unscorable_input_is_a_value_error_saying_what_is_wrong(arguments, message):
+    with pytest.raises(MetricInputError, match=message) as error:
+        retrieval_scores(*arguments)
+    assert isinstance(error.value, ValueError)
+
+
+def test_nearest_neighbours_are_the_stable_full_sort_of_cosine_similarities():
+    queries, _, index, _ = clustered_data(seed=7)  # duplicated index rows make ties
+    unit_queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    unit_index = index / np.linalg.norm(index, axis=1, keepdims=True)
+    similarities = unit_queries @ unit_index.T
+    expected = np.argsort(-similarities, axis=1, kind="stable")[:, :7]
+    positions, found_similarities = nearest_neighbours(queries, index, k=7, chunk_size=3)
+    np.testing.assert_array_equal(positions, expected)
+    np.testing.assert_allclose(found_similarities, np.take_along_axis(similarities, expected, axis=1), atol=1e-6)
+
+
+def test_nearest_neighbours_needs_k_between_1_and_the_index_size():
+    with pytest.raises(MetricInputError, match="k must be between 1 and the index size 3; got 4"):
+        nearest_neighbours(np.ones((2, 4)), np.ones((3, 4)), k=4)
+
+
+@pytest.mark.parametrize(
+    "labels, embeddings, metric, expected",
+    [
+        # Anchors 0, 1, 3 each order one of their two triplets correctly, anchor 2 none: 3 of 8.
+        ([0, 0, 1, 1], [[0.0], [2.0], [1.0], [5.0]], "L2", 3 / 8),
+        ([0, 0, 1, 1], [[0.0], [2.0], [1.0], [5.0]], "squared-L2", 3 / 8),
+        # At 0, 60 and 90 degrees: anchor 0 is right (0.5 < 1), anchor 1 wrong (0.5 > 1 - cos 30).
+        ([0, 0, 1], [[1.0, 0.0], [0.5, 0.75**0.5], [0.0, 3.0]], "angular", 1 / 2),
+        # Anchor 0 is as far from its positive as from its negative: a tie counts as wrong.
+        ([0, 0, 1], [[0.0], [1.0], [-1.0]], "L2", 1 / 2),
+    ],
+)
+def test_triplet_accuracy_on_hand_computed_cases(labels, embeddings, metric, expected):
+    assert triplet_accuracy(labels, embeddings, metric) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("labels", [[1, 2, 3], [4, 4, 4], []])
+def test_triplet_accuracy_without_valid_triplet_is_nan(labels):
+    assert np.isnan(triplet_accuracy(labels, np.ones((len(labels), 2))))
+
+
+@pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
+def test_triplet_accuracy_matches_an_all_triplets_brute_force(metric):
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 3, 15)
+    embeddings = rng.standard_normal((15, 3))
+    distance = {
+        "L2": lambda a, b: np.linalg.norm(a - b),
+        "squared-L2": lambda a, b: np.sum((a - b) ** 2),
+        "angular": lambda a, b: 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b)),
+    }[metric]
+    outcomes = [
+        distance(embeddings[a], embeddings[p]) < distance(embeddings[a], embeddings[n])
+        for a, p, n in itertools.product(range(15), repeat=3)
+        if a != p and labels[a] == labels[p] and labels[a] != labels[n]
+    ]
+    assert triplet_accuracy(labels, embeddings, metric) == pytest.approx(np.mean(outcomes), abs=1e-12)
+
+
+def test_unknown_distance_metric_is_a_value_error_listing_the_choices():
+    with pytest.raises(ValueError, match="L2, squared-L2, angular"):
+        triplet_accuracy([0, 0, 1], np.ones((3, 2)), "cosine")
