@@ -69,6 +69,13 @@ def _colour(rng: np.random.Generator, value: tuple[float, float]) -> tuple[int, 
     return int(red * 255), int(green * 255), int(blue * 255)
 
 
+def _background_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A studio or room backdrop: greys and pale tints, sometimes a strong colour."""
+    saturation = rng.uniform(0.0, 0.25) if rng.uniform() < 0.8 else rng.uniform(0.4, 0.9)
+    red, green, blue = colorsys.hsv_to_rgb(rng.uniform(), saturation, rng.uniform(0.35, 1.0))
+    return int(red * 255), int(green * 255), int(blue * 255)
+
+
 def _random_product(rng: np.random.Generator, category: str) -> _Product:
     return _Product(
         category=category,
@@ -128,12 +135,12 @@ def _shoot(sprite: Image.Image, rng: np.random.Generator, size: int) -> Image.Im
     """One photo of a product: new background, pose, scale and lighting."""
     width = size
     height = int(size * rng.choice([1.0, 1.0, 0.75, 1.25]))
-    top, bottom = np.array(_colour(rng, (0.5, 1.0))), np.array(_colour(rng, (0.3, 1.0)))
+    top, bottom = np.array(_background_colour(rng)), np.array(_background_colour(rng))
     ramp = np.linspace(0, 1, height)[:, None, None]
     background = top * (1 - ramp) + bottom * ramp + rng.normal(0, 6, (height, width, 3))
     canvas = Image.fromarray(np.clip(np.broadcast_to(background, (height, width, 3)), 0, 255).astype(np.uint8), "RGB")
     posed = sprite.rotate(float(rng.uniform(-30, 30)), resample=Image.BILINEAR, expand=True)
-    side = max(8, int(min(width, height) * rng.uniform(0.5, 0.9)))
+    side = max(8, int(min(width, height) * rng.uniform(0.6, 0.95)))
     posed = posed.resize((side, side), Image.BILINEAR)
     left = int(rng.integers(0, max(1, width - side + 1)))
     upper = int(rng.integers(0, max(1, height - side + 1)))
