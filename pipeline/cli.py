@@ -58,7 +58,23 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("data_dir", type=Path)
     preview.add_argument("--out", type=Path, default=None, help="PNG path (default DATA_DIR/preview.png)")
     preview.add_argument("--image-size", type=int, default=96)
+    run = commands.add_parser("run", help="train: ingestion, baseline, the phases and extraction (resumable)")
+    run.add_argument("--config", type=Path, required=True, help="a YAML file, e.g. configs/demo.yaml")
+    run.add_argument("--run-dir", type=Path, default=None, help="default runs/<config name>")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. phases.full.epochs=3 (repeatable)")
     return parser
+
+
+def _run(args) -> None:
+    from pipeline.config_files import load_config, parse_overrides
+    from pipeline.runner import run_pipeline
+
+    config = load_config(args.config, parse_overrides(args.overrides))
+    run_dir = args.run_dir or Path("runs") / args.config.stem
+    outcome = run_pipeline(config, run_dir, log=lambda line: print(line, flush=True))
+    print(outcome.table.render())
+    print(f"scores: {outcome.table.path}\nsubmission: {outcome.extraction.submission_path}")
 
 
 def _demo_data(args) -> None:
@@ -106,7 +122,7 @@ def _preview(args) -> None:
     print(f"wrote {out}")
 
 
-COMMANDS = {"demo-data": _demo_data, "ingest": _ingest, "verify": _verify, "preview": _preview}
+COMMANDS = {"demo-data": _demo_data, "ingest": _ingest, "verify": _verify, "preview": _preview, "run": _run}
 
 
 def main(argv: list[str] | None = None) -> int:

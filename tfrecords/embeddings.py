@@ -37,9 +37,10 @@ class EmbeddingWriter:
             writer.add("val_query", vectors, image_ids, product_ids)
     """
 
-    def __init__(self, folder: str | Path, dim: int, records_per_shard: int = 65536):
+    def __init__(self, folder: str | Path, dim: int, records_per_shard: int = 65536, metadata: dict | None = None):
         # 65,536 x 512-d float32 = 128 MB per shard, the same target as image shards.
         self.folder, self.dim, self.records_per_shard = Path(folder), dim, records_per_shard
+        self.metadata = metadata or {}
         self.folder.mkdir(parents=True, exist_ok=True)
         self._shards: list[ShardEntry] = []
         self._pending: dict[str, list[bytes]] = {}
@@ -85,7 +86,9 @@ class EmbeddingWriter:
     def close(self) -> EmbeddingManifest:
         for split in list(self._pending):
             self._flush(split)
-        manifest = EmbeddingManifest(shards=self._shards, dim=self.dim, count=sum(s.records for s in self._shards))
+        manifest = EmbeddingManifest(
+            shards=self._shards, dim=self.dim, count=sum(s.records for s in self._shards), metadata=self.metadata
+        )
         write_manifest(self.folder, manifest)
         return manifest
 

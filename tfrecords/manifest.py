@@ -69,6 +69,9 @@ class EmbeddingManifest(ShardSet):
     kind: Literal["embeddings"] = "embeddings"
     dim: int
     count: int
+    # What the vectors were computed from (e.g. the model's sha256), so a cache can
+    # tell whether it is still valid.
+    metadata: dict = {}
 
 
 def write_manifest(folder: Path, manifest: ShardSet) -> Path:

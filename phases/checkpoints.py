@@ -1,0 +1,105 @@
+"""Per-epoch checkpoints that a killed phase resumes from, and final models with digests.
+
+A checkpoint is `epoch-NNNN.keras` (weights, optimizer state, model config) plus
+`epoch-NNNN.json`: the epoch, the model file's sha256, the random generator
+states of layers such as Dropout (Keras does not save them, and a resumed run
+must draw the same dropout masks) and whatever the phase needs to continue (its
+score rows). The JSON is written last: it is the mark of a complete checkpoint,
+and a checkpoint whose model does not match its sha256 is ignored.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tfrecords.errors import ShardIntegrityError
+from tfrecords.files import sha256_file, write_text_atomic
+
+KEEP = 2  # checkpoints kept per phase: the last, and one in case the last is damaged
+
+
+@dataclass
+class Checkpoint:
+    model: keras.Model
+    epoch: int  # the last finished epoch (0-based)
+    state: dict
+
+
+def save_model(model: keras.Model, path: Path) -> str:
+    """Save `model` to `path` (.keras) atomically; returns its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")  # Keras insists on .keras
+    try:
+        model.save(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return sha256_file(path)
+
+
+def load_model(path: Path, sha256: str | None = None, compile: bool = True) -> keras.Model:
+    """Load a `.keras` model in safe mode, after checking its sha256 when one is given.
+
+    `compile=False` drops the optimizer: a new phase starts its own."""
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise ShardIntegrityError(f"{path}: sha256 differs from the recorded one; the file was altered")
+    return keras.saving.load_model(path, safe_mode=True, compile=compile)
+
+
+def random_states(model: keras.Model) -> dict[str, list[int]]:
+    """The state of every layer's seed generator (e.g. Dropout), by layer name
+    (unique inside a model; EfficientNet alone has 16 Dropout layers)."""
+    return {
+        layer.name: np.asarray(layer.seed_generator.state.value).tolist()
+        for layer in _layers(model)
+        if getattr(layer, "seed_generator", None) is not None
+    }
+
+
+def restore_random_states(model: keras.Model, states: dict[str, list[int]]) -> None:
+    for layer in _layers(model):
+        if layer.name in states and getattr(layer, "seed_generator", None) is not None:
+            layer.seed_generator.state.assign(np.asarray(states[layer.name], dtype="int64"))
+
+
+def _layers(model: keras.Model):
+    """Every layer inside `model`, nested models included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
+def save_checkpoint(folder: Path, epoch: int, model: keras.Model, state: dict) -> Path:
+    """Write the checkpoint of a finished epoch, then drop all but the last KEEP."""
+    model_path = folder / f"epoch-{epoch:04d}.keras"
+    digest = save_model(model, model_path)
+    record = {"epoch": epoch, "model": model_path.name, "sha256": digest, "random": random_states(model), **state}
+    state_path = folder / f"epoch-{epoch:04d}.json"
+    write_text_atomic(state_path, json.dumps(record, indent=1))
+    for old in sorted(folder.glob("epoch-*.json"))[:-KEEP]:
+        (folder / old.name.replace(".json", ".keras")).unlink(missing_ok=True)
+        old.unlink()
+    return state_path
+
+
+def latest_checkpoint(folder: Path) -> Checkpoint | None:
+    """The newest complete checkpoint whose model matches its sha256, or None."""
+    for state_path in sorted(folder.glob("epoch-*.json"), reverse=True):
+        try:
+            state = json.loads(state_path.read_text())
+            model_path = folder / state["model"]
+            if not model_path.is_file() or sha256_file(model_path) != state["sha256"]:
+                continue
+        except (ValueError, KeyError):
+            continue
+        model = keras.saving.load_model(model_path, safe_mode=True)
+        restore_random_states(model, state.get("random", {}))
+        return Checkpoint(model=model, epoch=state["epoch"], state=state)
+    return None

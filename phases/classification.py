@@ -1,0 +1,136 @@
+"""Phases 1-3 of the recipe: train the classification head and more and more of the backbone.
+
+Resume order, the same for every phase: (1) the newest valid checkpoint of this
+phase in its work folder, (2) the previous phase's final model, (3) a new model
+from `model.weights`. Each epoch: train, score `val` with the backbone's pooled
+features, save a checkpoint, report the row.
+"""
+
+import math
+from pathlib import Path
+
+import keras
+
+from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
+from phases.config import ClassificationPhase, PipelineConfig
+from phases.errors import ConfigError, TrainingError
+from phases.model import backbone_of, build_backbone, build_classifier, set_trainable
+from phases.scoring import accuracy, embed_split, score_embeddings
+from phases.unit import PhaseContext, PhaseResult, epoch_seed
+from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
+from tfrecords.options import ReadOptions
+from tfrecords.reader import read_images
+
+
+def class_labels(config: PipelineConfig, manifest: ImageManifest) -> tuple[str, int]:
+    """Which record field phases 1-3 classify, and how many classes there are."""
+    classify = config.model.classify
+    if classify == "auto":
+        classify = "category" if manifest.categories else "product"
+    if classify == "category":
+        if not manifest.categories:
+            raise ConfigError("model.classify is 'category' but the data has no categories; use 'product' or 'auto'")
+        return "category_id", len(manifest.categories)
+    return "product_id", len(manifest.products)
+
+
+def score_split(scorer: keras.Model, config: PipelineConfig, data_dir: Path, group: str, labels_of: str | None) -> dict:
+    """Scores of `group` (val or test) for a scorer (images -> features, or -> [features,
+    probabilities]): retrieval with the features, plus classification accuracy when the
+    labels are categories (val and test products are never train products)."""
+    size, batch = config.data.image_size, config.evaluation.batch_size
+    query = embed_split(scorer, data_dir, f"{group}_query", size, batch)
+    index = embed_split(scorer, data_dir, f"{group}_index", size, batch)
+    scores = score_embeddings(query, index)
+    if labels_of == "category_id":
+        scores = {f"{group}_accuracy": accuracy([query, index], "category_ids"), **scores}
+    return scores
+
+
+def classifier_scorer(model: keras.Model) -> keras.Model:
+    """Images -> [the backbone's pooled features, class probabilities]: one pass gives both."""
+    return keras.Model(model.input, [backbone_of(model).output, model.output])
+
+
+def baseline_row(config: PipelineConfig, data_dir: Path) -> dict:
+    """The `baseline` row: the untrained backbone (as `model.weights` gives it) scored on val."""
+    backbone = build_backbone(config.model, config.data.image_size)
+    return {"phase": "baseline", "epoch": 0, **score_split(backbone, config, data_dir, config.evaluation.split, None)}
+
+
+def run_classification_phase(
+    phase: ClassificationPhase,
+    config: PipelineConfig,
+    context: PhaseContext,
+    previous: tuple[Path, str] | None = None,
+) -> PhaseResult:
+    """Train one classification phase; `previous` is the (model path, sha256) it starts from."""
+    manifest = read_manifest(context.data_dir, ImageManifest)
+    verify_shards(context.data_dir, manifest.shards)  # once per phase; epochs read unverified
+    labels_of, classes = class_labels(config, manifest)
+    checkpoints = context.work_dir / "checkpoints"
+    checkpoint = latest_checkpoint(checkpoints)
+    if checkpoint is not None:
+        model, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
+        set_trainable(model, phase, config.model.freeze_batch_norm)  # the same flags as saved: the optimizer state still fits
+    else:
+        if previous is not None:
+            model = load_model(previous[0], previous[1], compile=False)
+        else:
+            model = build_classifier(build_backbone(config.model, config.data.image_size), classes, config.model.dropout)
+        set_trainable(model, phase, config.model.freeze_batch_norm)
+        model.compile(
+            optimizer=keras.optimizers.Adam(phase.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=["accuracy"],
+        )
+        start, rows = 0, []
+    scorer = classifier_scorer(model)
+    for epoch in range(start, phase.epochs):
+        history = model.fit(
+            _training_batches(phase, config, context.data_dir, labels_of, epoch),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            verbose=0,
+            shuffle=False,  # the data is shuffled by tf.data with this epoch's seed
+            callbacks=[keras.callbacks.TerminateOnNaN(), *context.callbacks],
+        )
+        loss = history.history["loss"][-1]
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"phase {phase.name!r}, epoch {epoch + 1}: the loss became {loss}; the checkpoint of "
+                f"epoch {epoch} is kept. Lower the learning rate ({phase.learning_rate}) and run again."
+            )
+        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "accuracy": float(history.history["accuracy"][-1])}
+        row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, labels_of))
+        rows.append(row)
+        save_checkpoint(checkpoints, epoch, model, {"rows": rows})
+        context.report(row)
+    model_path = context.work_dir / "model.keras"
+    digest = save_model(model, model_path)
+    final_group = config.evaluation.final_split
+    final_scores = None
+    if manifest.counts.get(f"{final_group}_query"):
+        final_scores = score_split(scorer, config, context.data_dir, final_group, labels_of)
+    return PhaseResult(
+        name=phase.name,
+        model_path=model_path,
+        model_sha256=digest,
+        rows=rows,
+        final_scores=final_scores,
+        resumed_after_epoch=checkpoint.epoch + 1 if checkpoint is not None else None,
+    )
+
+
+def _training_batches(phase, config: PipelineConfig, data_dir: Path, labels_of: str, epoch: int):
+    options = ReadOptions(
+        image_size=config.data.image_size,
+        augment=phase.augment,
+        shuffle_buffer=config.data.shuffle_buffer,
+        batch_size=config.data.batch_size,
+        seed=epoch_seed(config.runtime.seed, phase.name, epoch),
+        deterministic=config.runtime.deterministic,
+        verify=False,
+    )
+    return read_images(data_dir, "train", options).map(lambda element: (element["image"], element[labels_of]))
+

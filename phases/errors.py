@@ -1,0 +1,11 @@
+"""Errors of the phases that a user can fix (they are `UserError`s: shown without traceback)."""
+
+from tfrecords.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config value that cannot work (unknown block, weights file, ...), naming the field."""
+
+
+class TrainingError(UserError):
+    """Training cannot go on (e.g. a NaN loss), naming the phase and the epoch."""

@@ -1,0 +1,186 @@
+"""Phase 4: a projection trained on cached backbone features with a triplet loss.
+
+The backbone is frozen here, so its features are computed once (the six views of
+every train image, and the eval splits without augmentation) and cached as
+embedding shards: an epoch then costs a few matrix products instead of a pass
+through EfficientNet. The projection, Dense then L2 normalisation, trains on
+batches of `labels_per_batch` labels x `views_per_label` members, following the
+margin schedule: each step sets the loss margin and the learning rate for its
+epochs. Resume order as in every phase: this phase's checkpoint, then the
+previous phase's model, then a new backbone.
+"""
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
+from phases.config import PipelineConfig, SiamesePhase
+from phases.errors import TrainingError
+from phases.losses import ContrastiveLoss, TripletHardLoss, TripletSemiHardLoss
+from phases.metrics import retrieval_scores
+from phases.model import backbone_of, build_backbone, build_embedder, build_projection
+from phases.scoring import embed_split
+from phases.unit import PhaseContext, PhaseResult, epoch_seed
+from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
+from tfrecords.errors import ManifestError
+from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
+from tfrecords.options import ReadOptions
+from tfrecords.reader import read_images
+
+
+class LabelBalancedBatches(keras.utils.PyDataset):
+    """One epoch of batches, each of `labels_per_batch` labels x `per_label` members.
+
+    Labels are visited in a seeded random order, so every label is an anchor about
+    once per epoch; members are drawn without replacement (with replacement only
+    for labels with fewer than `per_label` members). Yields (features, labels).
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, labels_per_batch: int, per_label: int, seed: int):
+        super().__init__()
+        self.features, self.labels = features, labels
+        rng = np.random.default_rng(seed)
+        order = np.argsort(labels, kind="stable")
+        unique, starts = np.unique(labels[order], return_index=True)
+        members = np.split(order, starts[1:])
+        batches = max(1, len(features) // (labels_per_batch * per_label))
+        needed = batches * labels_per_batch
+        visit = np.concatenate([rng.permutation(len(unique)) for _ in range(math.ceil(needed / len(unique)))])[:needed]
+        picks = [
+            rng.choice(members[label], per_label, replace=len(members[label]) < per_label) for label in visit
+        ]
+        self.batches = np.asarray(picks).reshape(batches, labels_per_batch * per_label)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, number: int):
+        rows = self.batches[number]
+        return self.features[rows], self.labels[rows]
+
+
+def make_loss(phase: SiamesePhase, margin: float) -> keras.losses.Loss:
+    if phase.loss == "triplet_semihard":
+        return TripletSemiHardLoss(margin=margin, distance_metric=phase.distance_metric)
+    if phase.loss == "triplet_hard":
+        return TripletHardLoss(margin=margin, distance_metric=phase.distance_metric)
+    return ContrastiveLoss(margin=margin, distance_metric=phase.distance_metric)
+
+
+def schedule_step(phase: SiamesePhase, epoch: int):
+    """The margin-schedule step that epoch `epoch` (0-based, over the whole phase) belongs to."""
+    ends = np.cumsum([step.epochs for step in phase.margin_schedule])
+    return phase.margin_schedule[int(np.searchsorted(ends, epoch, side="right"))]
+
+
+def cache_features(backbone: keras.Model, backbone_sha256: str, config: PipelineConfig, data_dir: Path, folder: Path) -> Path:
+    """Backbone features of the six views of every train image and of the eval splits.
+
+    Reused when the cache was made by the same backbone (sha256) from the same data.
+    """
+    manifest = read_manifest(data_dir, ImageManifest)
+    stamp = {"backbone_sha256": backbone_sha256, "data": sorted(shard.sha256 for shard in manifest.shards)}
+    try:
+        if read_manifest(folder, EmbeddingManifest).metadata == stamp:
+            return folder
+    except ManifestError:
+        pass
+    size, batch = config.data.image_size, config.evaluation.batch_size
+    with EmbeddingWriter(folder, dim=backbone.output_shape[-1], metadata=stamp) as writer:
+        views = read_images(data_dir, "train", ReadOptions(image_size=size, augment="all", batch_size=batch, deterministic=True))
+        for element in views.as_numpy_iterator():
+            vectors = backbone.predict_on_batch(element["image"])
+            writer.add("train", vectors, element["image_id"], element["product_id"], element["category_id"], element["view"])
+        for split, count in manifest.counts.items():
+            if split != "train" and count:
+                embedded = embed_split(backbone, data_dir, split, size, batch)
+                writer.add(split, embedded.vectors, embedded.image_ids, embedded.product_ids, embedded.category_ids)
+    return folder
+
+
+def train_labels(train: EmbeddingArrays, labels: str) -> np.ndarray:
+    """Int labels of the cached train views: one per source image, or the product id."""
+    if labels == "product":
+        return train.product_ids.astype(np.int64)
+    return np.unique(train.image_ids, return_inverse=True)[1].astype(np.int64)
+
+
+def project_scores(projection: keras.Model, features: Path, group: str) -> dict:
+    query, index = load_embeddings(features, f"{group}_query"), load_embeddings(features, f"{group}_index")
+    return retrieval_scores(
+        projection.predict(query.vectors, verbose=0, batch_size=4096),
+        query.product_ids,
+        projection.predict(index.vectors, verbose=0, batch_size=4096),
+        index.product_ids,
+    )
+
+
+def run_siamese_phase(
+    phase: SiamesePhase,
+    config: PipelineConfig,
+    context: PhaseContext,
+    previous: tuple[Path, str] | None = None,
+) -> PhaseResult:
+    """Train the projection; the final models are `projection.keras` and `embedder.keras`."""
+    if previous is not None:
+        backbone, backbone_sha256 = backbone_of(load_model(previous[0], previous[1], compile=False)), previous[1]
+    else:
+        backbone, backbone_sha256 = build_backbone(config.model, config.data.image_size), f"new:{config.model.weights}"
+    features = cache_features(backbone, backbone_sha256, config, context.data_dir, context.work_dir / "features")
+    train = load_embeddings(features, "train")
+    labels = train_labels(train, phase.labels)
+    checkpoints = context.work_dir / "checkpoints"
+    checkpoint = latest_checkpoint(checkpoints)
+    if checkpoint is not None:
+        projection, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
+    else:
+        first = phase.margin_schedule[0]
+        projection = build_projection(train.vectors.shape[1], phase.projection_dim)
+        projection.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin))
+        start, rows = 0, []
+    for epoch in range(start, phase.epochs):
+        step = schedule_step(phase, epoch)
+        projection.loss.margin = step.margin
+        projection.optimizer.learning_rate.assign(step.learning_rate)
+        batches = LabelBalancedBatches(
+            train.vectors, labels, phase.labels_per_batch, phase.views_per_label, epoch_seed(config.runtime.seed, phase.name, epoch)
+        )
+        # shuffle=False: the sampler already orders batches by this epoch's seed; Keras would
+        # reshuffle them with the global RNG, which a resumed process does not share.
+        history = projection.fit(
+            batches,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            verbose=0,
+            shuffle=False,
+            callbacks=[keras.callbacks.TerminateOnNaN(), *context.callbacks],
+        )
+        loss = history.history["loss"][-1]
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"phase {phase.name!r}, epoch {epoch + 1}: the loss became {loss}; the checkpoint of epoch {epoch} is kept"
+            )
+        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin, "learning_rate": step.learning_rate}
+        row.update(project_scores(projection, features, config.evaluation.split))
+        rows.append(row)
+        save_checkpoint(checkpoints, epoch, projection, {"rows": rows})
+        context.report(row)
+    save_model(projection, context.work_dir / "projection.keras")
+    embedder_path = context.work_dir / "embedder.keras"
+    digest = save_model(build_embedder(backbone, projection), embedder_path)
+    final_group = config.evaluation.final_split
+    final_scores = None
+    if read_manifest(context.data_dir, ImageManifest).counts.get(f"{final_group}_query"):
+        final_scores = project_scores(projection, features, final_group)
+    return PhaseResult(
+        name=phase.name,
+        model_path=embedder_path,
+        model_sha256=digest,
+        rows=rows,
+        final_scores=final_scores,
+        resumed_after_epoch=checkpoint.epoch + 1 if checkpoint is not None else None,
+        extra={"train_views": len(labels)},
+    )

@@ -1,0 +1,50 @@
+"""What every phase takes and returns: a context (data, work folder, hooks) and a result."""
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+
+def _ignore(row: dict) -> None:
+    return None
+
+
+@dataclass
+class PhaseContext:
+    """Where a phase reads and writes, and how it reports.
+
+    `data_dir`: an ingested folder (manifest.json + shards). `work_dir`: this phase's
+    own folder (checkpoints, final model, caches); nothing is written elsewhere.
+    `report(row)` is called once per scored epoch, after its checkpoint is saved.
+    `callbacks` are extra Keras callbacks (logging, TensorBoard) from the caller.
+    """
+
+    data_dir: Path
+    work_dir: Path
+    report: Callable[[dict], None] = _ignore
+    callbacks: Sequence[keras.callbacks.Callback] = ()
+
+
+@dataclass
+class PhaseResult:
+    """A finished phase: its final model (path and sha256), one score row per epoch,
+    the scores of the final split (None when the data has none), and the epoch it
+    resumed after (None when it started from scratch)."""
+
+    name: str
+    model_path: Path
+    model_sha256: str
+    rows: list[dict]
+    final_scores: dict | None = None
+    resumed_after_epoch: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def epoch_seed(seed: int, phase: str, epoch: int) -> int:
+    """A seed for one epoch of one phase: the data order of epoch e does not depend on
+    what ran before it, so a resumed phase reads exactly what an uninterrupted one would."""
+    digest = hashlib.sha256(f"{seed}:{phase}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

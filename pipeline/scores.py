@@ -1,0 +1,48 @@
+"""`scores.csv`: one row per scored phase and epoch, and the table printed at the end of a run."""
+
+import csv
+import io
+from pathlib import Path
+
+from tfrecords.files import write_text_atomic
+
+FIRST_COLUMNS = ("phase", "epoch", "loss")
+PRINTED = ("phase", "epoch", "loss", "mar_at_10", "map_at_10", "recall_at_1", "recall_at_10", "map_at_r")
+
+
+class ScoreTable:
+    """Rows in the order they were scored; rewritten atomically after every change."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, []
+
+    def add(self, row: dict) -> None:
+        """Add a row, replacing the row of the same phase and epoch if there is one."""
+        self.rows = [old for old in self.rows if (old["phase"], old["epoch"]) != (row["phase"], row["epoch"])]
+        self.rows.append(row)
+        self.write()
+
+    def columns(self) -> list[str]:
+        names = list(FIRST_COLUMNS)
+        for row in self.rows:
+            names += [key for key in row if key not in names]
+        return names
+
+    def write(self) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.columns(), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, text.getvalue())
+
+    def render(self) -> str:
+        """A fixed-width text table of the main columns."""
+        lines = ["".join(f"{name:>13}" if i else f"{name:<10}" for i, name in enumerate(PRINTED))]
+        for row in self.rows:
+            cells = []
+            for i, name in enumerate(PRINTED):
+                value = row.get(name, "")
+                text = f"{value:.4f}" if isinstance(value, float) else str(value)
+                cells.append(f"{text:>13}" if i else f"{text:<10}")
+            lines.append("".join(cells))
+        return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Run one phase in its own process, for tests that kill it (python tests/run_phase.py ARGS.json).
+
+ARGS.json: {"config": <PipelineConfig as dict>, "data_dir", "work_dir", "phase",
+"previous": [path, sha256] or null, "kill_after_epoch": int or null}. With a kill
+epoch, the process SIGKILLs itself right after that epoch's checkpoint is saved
+(a real kill: no cleanup runs). Otherwise it prints the result as JSON.
+"""
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from phases.classification import run_classification_phase  # noqa: E402
+from phases.config import PipelineConfig, SiamesePhase  # noqa: E402
+from phases.siamese import run_siamese_phase  # noqa: E402
+from phases.unit import PhaseContext  # noqa: E402
+from pipeline.runner import configure_runtime  # noqa: E402
+
+
+def main() -> None:
+    arguments = json.loads(Path(sys.argv[1]).read_text())
+    config = PipelineConfig.model_validate(arguments["config"])
+    configure_runtime(config)
+    kill_after = arguments.get("kill_after_epoch")
+
+    def report(row):
+        if kill_after is not None and row["epoch"] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    phase = config.phase(arguments["phase"])
+    context = PhaseContext(data_dir=Path(arguments["data_dir"]), work_dir=Path(arguments["work_dir"]), report=report)
+    runner = run_siamese_phase if isinstance(phase, SiamesePhase) else run_classification_phase
+    previous = arguments.get("previous")
+    result = runner(phase, config, context, (Path(previous[0]), previous[1]) if previous else None)
+    print(json.dumps({"model_path": str(result.model_path), "sha256": result.model_sha256, "rows": result.rows,
+                      "final_scores": result.final_scores, "resumed_after_epoch": result.resumed_after_epoch}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The pipeline config: YAML files validate, overrides address phases by name, errors name the field."""
+
+import pytest
+
+from phases.errors import ConfigError
+from pipeline.config_files import load_config, parse_overrides, validate
+
+SEED = "configs/seed.yaml"
+
+
+@pytest.fixture(autouse=True)
+def repository_root(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).parents[1])
+
+
+def test_seed_config_holds_every_number_of_the_recipe():
+    config = load_config(SEED)
+    top, block7a, full, siamese = config.phases
+    assert (top.unfreeze, top.learning_rate, top.epochs) == ("none", 1e-2, 2)
+    assert (block7a.unfreeze, block7a.unfreeze_from, block7a.learning_rate, block7a.epochs) == ("from", "block7a", 1e-4, 1)
+    assert (full.unfreeze, full.learning_rate, full.epochs) == ("all", 1e-5, 2)
+    assert [(s.margin, s.learning_rate, s.epochs) for s in siamese.margin_schedule] == [(0.5, 1e-5, 2), (0.75, 1e-5, 1), (0.75, 1e-4, 1)]
+    assert (siamese.projection_dim, siamese.loss, siamese.distance_metric, siamese.labels) == (512, "triplet_semihard", "angular", "view")
+    assert (config.data.image_size, config.model.weights, config.model.dropout) == (224, "imagenet", 0.2)
+    assert config.model.freeze_batch_norm
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    for path in sorted(Path("configs").glob("*.yaml")):
+        assert load_config(path).description, path
+
+
+def test_overrides_address_phases_by_name_and_parse_values():
+    overrides = parse_overrides(["phases.full.epochs=3", "phases.siamese.margin_schedule.1.margin=0.6", "runtime.deterministic=true", "data.source=gs://b/p.csv"])
+    config = load_config(SEED, overrides)
+    assert config.phase("full").epochs == 3
+    assert config.phase("siamese").margin_schedule[1].margin == 0.6
+    assert config.runtime.deterministic is True and config.data.source == "gs://b/p.csv"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data.colour": 1}, "data.colour: Extra inputs are not permitted"),
+        ({"phases.top.learning_rate": -0.1}, "phases.top.learning_rate: Input should be greater than 0"),
+        ({"phases.full.epochs": "many"}, "phases.full.epochs: Input should be a valid integer"),
+        ({"phases.siamese.margin_schedule.0.epochs": 0}, "phases.siamese.margin_schedule.0.epochs: Input should be greater than 0"),
+        ({"data.image_size": 16}, "data.image_size: Input should be greater than or equal to 32"),
+        ({"phases.block7a.unfreeze_from": None}, "unfreeze_from is needed with unfreeze: from"),
+        ({"phases": []}, "phases: List should have at least 1 item"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_field(overrides, message):
+    with pytest.raises(ConfigError, match="configs/seed.yaml: invalid config") as error:
+        load_config(SEED, overrides)
+    assert message in str(error.value)
+
+
+def test_phase_list_rules():
+    with pytest.raises(ConfigError, match="phase names must be unique; repeated: full"):
+        load_config(SEED, {"phases.block7a.name": "full"})
+    import yaml
+
+    raw = yaml.safe_load(open(SEED))
+    raw["phases"] = raw["phases"][3:] + raw["phases"][:3]
+    with pytest.raises(ConfigError, match="keep one, after every classification phase"):
+        validate(raw, "reordered")
+
+
+def test_override_errors_say_how_to_write_them():
+    with pytest.raises(ConfigError, match="write KEY=VALUE"):
+        parse_overrides(["phases.full.epochs"])
+    with pytest.raises(ConfigError, match="no item 'fine' in configs/seed.yaml; there are top, block7a, full, siamese"):
+        load_config(SEED, {"phases.fine.epochs": 1})
+
+
+def test_yaml_is_read_safely(tmp_path):
+    unsafe = tmp_path / "bad.yaml"
+    unsafe.write_text("data: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(unsafe)

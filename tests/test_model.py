@@ -1,0 +1,98 @@
+"""Which layers each phase trains: the head, from block7a on, or everything; BatchNormalization frozen."""
+
+import keras
+import pytest
+
+from phases.config import ClassificationPhase, ModelConfig
+from phases.errors import ConfigError
+from phases.model import backbone_of, block_names, build_backbone, build_classifier, build_projection, set_trainable
+
+HEAD = ["head_batch_norm", "head_classes"]
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return build_classifier(build_backbone(ModelConfig(weights="none"), 32), classes=7, dropout=0.2)
+
+
+def phase(unfreeze, prefix=None):
+    return ClassificationPhase(name="p", unfreeze=unfreeze, unfreeze_from=prefix, learning_rate=1e-3, epochs=1)
+
+
+def trainable_backbone_layers(model):
+    return [layer for layer in model.layers if layer.trainable and layer.trainable_weights and layer.name not in HEAD]
+
+
+def test_phase_top_trains_the_head_only(classifier):
+    assert set_trainable(classifier, phase("none")) == HEAD
+    assert trainable_backbone_layers(classifier) == []
+
+
+def test_phase_block7a_trains_from_the_first_block7a_layer_on_except_batch_norm(classifier):
+    set_trainable(classifier, phase("from", "block7a"))
+    names = [layer.name for layer in classifier.layers]
+    first = names.index("block7a_expand_conv")
+    trained = trainable_backbone_layers(classifier)
+    assert trained[0].name == "block7a_expand_conv"
+    expected = [
+        layer for layer in classifier.layers[first:]
+        if layer.trainable_weights and layer.name not in HEAD and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert trained == expected
+    assert "top_conv" in [layer.name for layer in trained]
+    assert all(not layer.trainable for layer in classifier.layers[:first] if layer.weights)
+
+
+def test_phase_full_trains_every_layer_but_batch_norm(classifier):
+    set_trainable(classifier, phase("all"))
+    for layer in classifier.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.name != "head_batch_norm":
+            assert not layer.trainable, layer.name
+        elif layer.trainable_weights or layer.weights and not isinstance(layer, keras.layers.Normalization):
+            assert layer.trainable, layer.name
+    assert classifier.get_layer("stem_conv").trainable
+
+
+def test_batch_norm_may_train_when_the_config_says_so(classifier):
+    set_trainable(classifier, phase("all"), freeze_batch_norm=False)
+    assert classifier.get_layer("stem_bn").trainable and classifier.get_layer("top_bn").trainable
+
+
+def test_unknown_block_prefix_lists_the_valid_blocks(classifier):
+    with pytest.raises(ConfigError, match="unfreeze_from 'block9a' matches no layer; valid blocks: block1a, block2a, .*block7a"):
+        set_trainable(classifier, phase("from", "block9a"))
+    assert block_names(classifier)[-1] == "block7a" and len(block_names(classifier)) == 16
+
+
+def test_backbone_of_a_classifier_gives_the_pooled_features(classifier):
+    assert backbone_of(classifier).output_shape == (None, 1280)
+
+
+def test_projection_outputs_unit_vectors_and_loads_in_safe_mode(tmp_path):
+    import numpy as np
+
+    projection = build_projection(1280, 64)
+    vectors = projection.predict(np.random.default_rng(0).normal(size=(5, 1280)).astype("float32"), verbose=0)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    projection.save(tmp_path / "p.keras")
+    loaded = keras.saving.load_model(tmp_path / "p.keras", safe_mode=True)
+    assert [layer.__class__.__name__ for layer in loaded.layers] == ["InputLayer", "Dense", "UnitNormalization"]
+
+
+def test_weights_file_that_does_not_exist_or_does_not_fit_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="neither 'imagenet', 'none' nor an existing weights file"):
+        build_backbone(ModelConfig(weights=str(tmp_path / "missing.weights.h5")), 32)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    other.save_weights(tmp_path / "other.weights.h5")
+    with pytest.raises(ConfigError, match="does not fit EfficientNetB0"):
+        build_backbone(ModelConfig(weights=str(tmp_path / "other.weights.h5")), 32)
+
+
+def test_a_weights_file_of_the_architecture_is_loaded(tmp_path):
+    import numpy as np
+
+    source = build_backbone(ModelConfig(weights="none"), 32)
+    source.save_weights(tmp_path / "b0.weights.h5")
+    loaded = build_backbone(ModelConfig(weights=str(tmp_path / "b0.weights.h5")), 32)
+    for mine, theirs in zip(source.weights, loaded.weights):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())

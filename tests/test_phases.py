@@ -1,0 +1,104 @@
+"""The phases as units: resumed after a kill they end as an uninterrupted run; the margin schedule; batches."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phases.config import PipelineConfig
+from phases.siamese import LabelBalancedBatches, schedule_step
+
+RUN_PHASE = Path(__file__).parent / "run_phase.py"
+
+
+def tiny_config(data_dir: Path) -> dict:
+    """The recipe's four phases at 32 px on the tiny demo data, deterministic."""
+    return {
+        "data": {"source": str(data_dir), "image_size": 32, "batch_size": 16, "shuffle_buffer": 64},
+        "model": {"weights": "none"},
+        "phases": [
+            {"name": "top", "kind": "classification", "unfreeze": "none", "learning_rate": 1e-2, "epochs": 2},
+            {"name": "block7a", "kind": "classification", "unfreeze": "from", "unfreeze_from": "block7a", "learning_rate": 1e-3, "epochs": 1},
+            {"name": "full", "kind": "classification", "unfreeze": "all", "learning_rate": 1e-3, "epochs": 3},
+            {
+                "name": "siamese", "kind": "siamese", "projection_dim": 32, "labels_per_batch": 6, "views_per_label": 3,
+                "margin_schedule": [
+                    {"margin": 0.5, "learning_rate": 1e-3, "epochs": 2},
+                    {"margin": 0.75, "learning_rate": 1e-3, "epochs": 1},
+                    {"margin": 0.75, "learning_rate": 1e-2, "epochs": 1},
+                ],
+            },
+        ],
+        "evaluation": {"batch_size": 64},
+        "runtime": {"seed": 3, "deterministic": True},
+    }
+
+
+def run_phase(tmp_path: Path, data_dir: Path, work_dir: Path, phase: str, kill_after_epoch=None) -> subprocess.CompletedProcess:
+    arguments = tmp_path / f"{phase}-{kill_after_epoch}-{work_dir.name}.json"
+    arguments.write_text(json.dumps({
+        "config": tiny_config(data_dir), "data_dir": str(data_dir), "work_dir": str(work_dir),
+        "phase": phase, "previous": None, "kill_after_epoch": kill_after_epoch,
+    }))
+    return subprocess.run([sys.executable, str(RUN_PHASE), str(arguments)], capture_output=True, text=True, timeout=600)
+
+
+def final_weights(path: str) -> list[np.ndarray]:
+    import keras
+
+    return [np.asarray(w) for w in keras.saving.load_model(path, safe_mode=True, compile=False).weights]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("phase", "kill_after_epoch"), [("full", 2), ("siamese", 2)])
+def test_resumed_phase_matches_uninterrupted_run(ingested, tmp_path, phase, kill_after_epoch):
+    straight = run_phase(tmp_path, ingested, tmp_path / "straight", phase)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    expected = json.loads(straight.stdout.strip().splitlines()[-1])
+
+    killed = run_phase(tmp_path, ingested, tmp_path / "resumed", phase, kill_after_epoch)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (tmp_path / "resumed" / "checkpoints" / f"epoch-{kill_after_epoch - 1:04d}.json").is_file()
+    resumed_run = run_phase(tmp_path, ingested, tmp_path / "resumed", phase)
+    assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]
+    resumed = json.loads(resumed_run.stdout.strip().splitlines()[-1])
+
+    assert resumed["resumed_after_epoch"] == kill_after_epoch and expected["resumed_after_epoch"] is None
+    assert len(resumed["rows"]) == len(expected["rows"])
+    for mine, theirs in zip(resumed["rows"], expected["rows"]):
+        assert mine.keys() == theirs.keys()
+        for key, value in theirs.items():
+            assert mine[key] == pytest.approx(value, abs=1e-5), (mine["epoch"], key)
+    differences = [np.max(np.abs(a - b)) for a, b in zip(final_weights(resumed["model_path"]), final_weights(expected["model_path"])) if a.size]
+    assert max(differences) <= 1e-5
+
+
+def test_margin_schedule_maps_epochs_to_steps():
+    config = PipelineConfig.model_validate(tiny_config(Path("unused")))
+    siamese = config.phase("siamese")
+    assert siamese.epochs == 4
+    assert [(schedule_step(siamese, e).margin, schedule_step(siamese, e).learning_rate) for e in range(4)] == [
+        (0.5, 1e-3), (0.5, 1e-3), (0.75, 1e-3), (0.75, 1e-2),
+    ]
+
+
+def test_label_balanced_batches_hold_several_members_of_each_label():
+    labels = np.repeat(np.arange(40), 6)  # 40 source images x 6 views
+    features = np.arange(len(labels), dtype=np.float32)[:, None]
+    batches = LabelBalancedBatches(features, labels, labels_per_batch=8, per_label=4, seed=0)
+    assert len(batches) == len(labels) // 32
+    seen = set()
+    for number in range(len(batches)):
+        batch_features, batch_labels = batches[number]
+        values, counts = np.unique(batch_labels, return_counts=True)
+        assert len(values) == 8 and set(counts) == {4}
+        assert np.array_equal(labels[batch_features[:, 0].astype(int)], batch_labels)
+        assert all(len(set(batch_features[batch_labels == v, 0])) == 4 for v in values)  # distinct members
+        seen.update(values)
+    assert len(seen) >= 0.9 * 40  # the epoch visits (nearly) every label
+    again = LabelBalancedBatches(features, labels, 8, 4, seed=0)
+    assert np.array_equal(again.batches, batches.batches)
