@@ -15,10 +15,11 @@ $(INSTALLED): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(INSTALLED)
 
-# Demo data -> ingestion -> shard check -> the input pipeline's figure.
+# Demo photos -> `pvs run` (ingestion, baseline, the four phases, extraction) -> shard
+# check -> the input pipeline's figure. Everything lands in runs/demo/.
 demo: $(INSTALLED)
 	$(BIN)/pvs demo-data $(DEMO)/images
-	$(BIN)/pvs ingest $(DEMO)/images $(DEMO)/data --shard-size 256kB --val-fraction 0.2 --test-fraction 0.2
+	$(BIN)/pvs run --config configs/demo.yaml --run-dir $(DEMO)
 	$(BIN)/pvs verify $(DEMO)/data
 	$(BIN)/pvs preview $(DEMO)/data --out $(DEMO)/preview.png
 

@@ -14,7 +14,7 @@ import keras
 from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
 from phases.config import ClassificationPhase, PipelineConfig
 from phases.errors import ConfigError, TrainingError
-from phases.model import backbone_of, build_backbone, build_classifier, set_trainable
+from phases.model import backbone_of, build_backbone, build_classifier, calibrate_batch_norm, set_trainable
 from phases.scoring import accuracy, embed_split, score_embeddings
 from phases.unit import PhaseContext, PhaseResult, epoch_seed
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
@@ -52,9 +52,32 @@ def classifier_scorer(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, [backbone_of(model).output, model.output])
 
 
-def baseline_row(config: PipelineConfig, data_dir: Path) -> dict:
-    """The `baseline` row: the untrained backbone (as `model.weights` gives it) scored on val."""
+def initial_classifier(config: PipelineConfig, data_dir: Path, classes: int) -> keras.Model:
+    """The model before any training: the backbone as `model.weights` gives it (its
+    BatchNormalization statistics calibrated when configured) and a new head.
+
+    Seeded here, so the baseline row and the first phase start from the same weights.
+    """
+    keras.utils.set_random_seed(config.runtime.seed)
     backbone = build_backbone(config.model, config.data.image_size)
+    if config.model.batch_norm_calibration_batches:
+        options = ReadOptions(
+            image_size=config.data.image_size,
+            batch_size=config.data.batch_size,
+            shuffle_buffer=config.data.shuffle_buffer,
+            seed=config.runtime.seed,
+            deterministic=True,
+            verify=False,
+        )
+        images = read_images(data_dir, "train", options).take(config.model.batch_norm_calibration_batches)
+        calibrate_batch_norm(backbone, (element["image"] for element in images))
+    return build_classifier(backbone, classes, config.model.dropout)
+
+
+def baseline_row(config: PipelineConfig, data_dir: Path) -> dict:
+    """The `baseline` row: the untrained model's backbone features scored on val."""
+    _, classes = class_labels(config, read_manifest(data_dir, ImageManifest))
+    backbone = backbone_of(initial_classifier(config, data_dir, classes))
     return {"phase": "baseline", "epoch": 0, **score_split(backbone, config, data_dir, config.evaluation.split, None)}
 
 
@@ -77,7 +100,7 @@ def run_classification_phase(
         if previous is not None:
             model = load_model(previous[0], previous[1], compile=False)
         else:
-            model = build_classifier(build_backbone(config.model, config.data.image_size), classes, config.model.dropout)
+            model = initial_classifier(config, context.data_dir, classes)
         set_trainable(model, phase, config.model.freeze_batch_norm)
         model.compile(
             optimizer=keras.optimizers.Adam(phase.learning_rate),

@@ -42,6 +42,11 @@ class ModelConfig(Section):
     # layers pass random-init activations through unnormalised and the features
     # collapse (~1e-6), so configs that start from scratch set this to false.
     freeze_batch_norm: bool = True
+    # With `weights: none`, the BatchNormalization statistics are placeholders (mean 0,
+    # variance 1) and the pooled features collapse to ~1e-6. This many train batches
+    # are run through the new backbone to measure real statistics first (as AdaBN
+    # does), so that frozen BatchNormalization works from scratch too. 0: off.
+    batch_norm_calibration_batches: int = Field(0, ge=0)
     # What phases 1-3 classify: `category`, `product`, or `auto` (categories when
     # the data has them, else the train products).
     classify: Literal["auto", "category", "product"] = "auto"

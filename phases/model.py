@@ -45,6 +45,29 @@ def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
     return backbone
 
 
+def calibrate_batch_norm(backbone: keras.Model, batches) -> int:
+    """Set every BatchNormalization layer's moving statistics to the average over `batches`.
+
+    `batches` yields image tensors [batch, size, size, 3]. Each batch runs through the
+    backbone in training mode with the momentum set so that the moving statistics
+    become the running mean of the batch statistics; nothing else changes. Returns
+    the number of batches used.
+    """
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [(layer.momentum, layer.trainable) for layer in norms]
+    used = 0
+    try:
+        for used, images in enumerate(batches, start=1):
+            for layer in norms:
+                layer.trainable = True  # a frozen layer ignores training=True in Keras 3
+                layer.momentum = (used - 1) / used
+            backbone(images, training=True)
+    finally:
+        for layer, (momentum, trainable) in zip(norms, saved):
+            layer.momentum, layer.trainable = momentum, trainable
+    return used
+
+
 def build_classifier(backbone: keras.Model, classes: int, dropout: float) -> keras.Model:
     """Backbone plus the seed's head: BatchNormalization, Dropout, Dense(classes, softmax)."""
     features = backbone.output

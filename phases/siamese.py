@@ -21,7 +21,8 @@ from phases.config import PipelineConfig, SiamesePhase
 from phases.errors import TrainingError
 from phases.losses import ContrastiveLoss, TripletHardLoss, TripletSemiHardLoss
 from phases.metrics import retrieval_scores
-from phases.model import backbone_of, build_backbone, build_embedder, build_projection
+from phases.classification import class_labels, initial_classifier
+from phases.model import backbone_of, build_embedder, build_projection
 from phases.scoring import embed_split
 from phases.unit import PhaseContext, PhaseResult, epoch_seed
 from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
@@ -128,7 +129,9 @@ def run_siamese_phase(
     if previous is not None:
         backbone, backbone_sha256 = backbone_of(load_model(previous[0], previous[1], compile=False)), previous[1]
     else:
-        backbone, backbone_sha256 = build_backbone(config.model, config.data.image_size), f"new:{config.model.weights}"
+        _, classes = class_labels(config, read_manifest(context.data_dir, ImageManifest))
+        backbone = backbone_of(initial_classifier(config, context.data_dir, classes))
+        backbone_sha256 = f"initial:{config.model.model_dump_json()}:{config.runtime.seed}"
     features = cache_features(backbone, backbone_sha256, config, context.data_dir, context.work_dir / "features")
     train = load_embeddings(features, "train")
     labels = train_labels(train, phase.labels)

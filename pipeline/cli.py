@@ -74,7 +74,8 @@ def _run(args) -> None:
     run_dir = args.run_dir or Path("runs") / args.config.stem
     outcome = run_pipeline(config, run_dir, log=lambda line: print(line, flush=True))
     print(outcome.table.render())
-    print(f"scores: {outcome.table.path}\nsubmission: {outcome.extraction.submission_path}")
+    print(f"scores: {outcome.table.path} (chart: {outcome.table.path.with_suffix('.png')})")
+    print(f"submission: {outcome.extraction.submission_path}")
 
 
 def _demo_data(args) -> None:

@@ -5,7 +5,6 @@ the border-mean fill, resized). Bottom row: the six augmented views of one image
 in the order the reader emits them.
 """
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +13,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfrecords.files import write_bytes_atomic  # noqa: E402
+from pipeline.charts import save_figure  # noqa: E402
 from tfrecords.manifest import ImageManifest, read_manifest  # noqa: E402
 from tfrecords.options import ReadOptions  # noqa: E402
 from tfrecords.preprocess import VIEW_NAMES  # noqa: E402
@@ -44,12 +43,7 @@ def write_preview(data_dir: str | Path, out_path: str | Path, image_size: int = 
             axis.imshow(views[column]["image"].astype(np.uint8))
             axis.set_title(f"view {column}\n{VIEW_NAMES[column]}", fontsize=7)
     figure.suptitle(f"{Path(data_dir).name}: reader output at {image_size} px", fontsize=9)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    write_bytes_atomic(out_path, buffer.getvalue())
-    return Path(out_path)
+    return save_figure(figure, out_path)
 
 
 def _take(data_dir, split, options: ReadOptions, count: int) -> list[dict]:

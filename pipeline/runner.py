@@ -20,6 +20,7 @@ from phases.config import ClassificationPhase, PipelineConfig
 from phases.extraction import ExtractionResult, extract
 from phases.siamese import run_siamese_phase
 from phases.unit import PhaseContext, PhaseResult
+from pipeline.charts import write_score_chart
 from pipeline.scores import ScoreTable
 from tfrecords.files import sha256_file, write_text_atomic
 from tfrecords.ingest import ingest
@@ -125,6 +126,7 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, log: Callable[[str], Non
             table.add(row)
         previous = (result.model_path, result.model_sha256)
 
+    write_score_chart(table.rows, run_dir / "scores.png", title=f"{config.description or 'run'}: MAR@10 on {config.evaluation.split}")
     extraction = extract(previous[0], previous[1], config, data_dir, run_dir)
     log(f"submission: {extraction.submission_path} ({extraction.split}: mar_at_10 {extraction.scores['mar_at_10']:.4f})")
     return RunOutcome(table=table, extraction=extraction)

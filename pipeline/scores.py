@@ -4,9 +4,10 @@ import csv
 import io
 from pathlib import Path
 
+from phases.metrics import SCORE_NAMES
 from tfrecords.files import write_text_atomic
 
-FIRST_COLUMNS = ("phase", "epoch", "loss")
+FIRST_COLUMNS = ("phase", "epoch", "loss", *SCORE_NAMES)
 PRINTED = ("phase", "epoch", "loss", "mar_at_10", "map_at_10", "recall_at_1", "recall_at_10", "map_at_r")
 
 

@@ -1,0 +1,85 @@
+"""`pvs run` end to end: scores.csv, submission.csv and embeddings; a rerun reuses finished phases."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from phases.metrics import SCORE_NAMES
+from tfrecords.embeddings import load_embeddings
+from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
+
+
+def write_config(path, data_dir, full_learning_rate=1e-3):
+    config = {
+        "description": "tiny end-to-end test",
+        "data": {"source": str(data_dir), "image_size": 32, "batch_size": 16, "shuffle_buffer": 64},
+        "model": {"weights": "none", "batch_norm_calibration_batches": 2},
+        "phases": [
+            {"name": "top", "kind": "classification", "unfreeze": "none", "learning_rate": 1e-2, "epochs": 1},
+            {"name": "block7a", "kind": "classification", "unfreeze": "from", "unfreeze_from": "block7a", "learning_rate": 1e-3, "epochs": 1},
+            {"name": "full", "kind": "classification", "unfreeze": "all", "learning_rate": full_learning_rate, "epochs": 1},
+            {"name": "siamese", "kind": "siamese", "projection_dim": 16, "labels_per_batch": 6, "views_per_label": 3,
+             "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}, {"margin": 0.75, "learning_rate": 1e-2, "epochs": 1}]},
+        ],
+        "evaluation": {"batch_size": 64},
+        "runtime": {"seed": 1, "deterministic": True},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def pvs_run(config, run_dir, *extra):
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--run-dir", str(run_dir), *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_phase(ingested, tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", ingested)
+    run_dir = tmp_path / "run"
+    printed = pvs_run(config, run_dir)
+    assert "phase" in printed and "mar_at_10" in printed and f"submission: {run_dir / 'submission.csv'}" in printed
+
+    rows = read_csv(run_dir / "scores.csv")
+    assert list(rows[0])[: 3 + len(SCORE_NAMES)] == ["phase", "epoch", "loss", *SCORE_NAMES]
+    assert [(row["phase"], row["epoch"]) for row in rows] == [
+        ("baseline", "0"), ("top", "1"), ("block7a", "1"), ("full", "1"), ("siamese", "1"), ("siamese", "2"),
+    ]
+    assert [row["margin"] for row in rows[-2:]] == ["0.5", "0.75"]
+    # Phase 1 trains the head only and BatchNormalization is frozen: the backbone's
+    # features, hence the retrieval scores, are the baseline's.
+    assert rows[1]["mar_at_10"] == rows[0]["mar_at_10"] and rows[1]["map_at_r"] == rows[0]["map_at_r"]
+    assert all(0 <= float(row["mar_at_10"]) <= 1 for row in rows)
+    assert (run_dir / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    manifest = read_manifest(ingested, ImageManifest)
+    submission = read_csv(run_dir / "submission.csv")
+    embeddings = read_manifest(run_dir / "embeddings", EmbeddingManifest)
+    assert len(submission) == manifest.counts["test_query"]
+    assert embeddings.count == manifest.counts["test_query"] + manifest.counts["test_index"] and embeddings.dim == 16
+    index_ids = {i.decode() for i in load_embeddings(run_dir / "embeddings", "test_index").image_ids}
+    query_ids = {i.decode() for i in load_embeddings(run_dir / "embeddings", "test_query").image_ids}
+    assert {row["query_id"] for row in submission} == query_ids
+    for row in submission:
+        neighbours = row["index_ids"].split(" ")
+        assert len(neighbours) == min(10, len(index_ids)) and set(neighbours) <= index_ids
+
+    again = pvs_run(config, run_dir)
+    assert all(f"{name}: reused the finished phase" in again for name in ("top", "block7a", "full", "siamese"))
+    assert read_csv(run_dir / "scores.csv") == rows
+
+    changed = pvs_run(config, run_dir, "--set", "phases.full.learning_rate=0.0005")
+    assert "top: reused" in changed and "block7a: reused" in changed
+    assert "full: reused" not in changed and "siamese: reused" not in changed
+    assert json.loads(next((run_dir / "phases").glob("01-top-*/result.json")).read_text())["name"] == "top"
