@@ -55,8 +55,9 @@ def prepare_data(config: PipelineConfig, run_dir: Path, progress: bool = False) 
     return out
 
 
-def phase_keys(config: PipelineConfig, data_digest: str) -> list[str]:
-    """One key per phase, chained: a phase's key covers every phase before it."""
+def phase_keys(config: PipelineConfig, data_digest: str) -> tuple[str, list[str]]:
+    """The key of the starting point (data, model, runtime: what the baseline depends on)
+    and one key per phase, chained: a phase's key covers every phase before it."""
     shared = {
         "data": data_digest,
         "model": config.model.model_dump(),
@@ -64,11 +65,12 @@ def phase_keys(config: PipelineConfig, data_digest: str) -> list[str]:
         "runtime": config.runtime.model_dump(),
         "evaluation": config.evaluation.model_dump(),
     }
-    keys, previous = [], hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()
+    start = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()
+    keys, previous = [], start
     for phase in config.phases:
         previous = hashlib.sha256((previous + phase.model_dump_json()).encode()).hexdigest()
         keys.append(previous)
-    return keys
+    return start, keys
 
 
 def reusable_result(folder: Path) -> PhaseResult | None:
@@ -94,10 +96,10 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, log: Callable[[str], Non
     run_dir.mkdir(parents=True, exist_ok=True)
     configure_runtime(config)
     data_dir = prepare_data(config, run_dir)
-    keys = phase_keys(config, sha256_file(data_dir / MANIFEST_NAME))
+    start_key, keys = phase_keys(config, sha256_file(data_dir / MANIFEST_NAME))
     table = ScoreTable(run_dir / "scores.csv")
 
-    baseline_file = run_dir / "phases" / f"baseline-{keys[0][:12]}.json"
+    baseline_file = run_dir / "phases" / f"baseline-{start_key[:12]}.json"
     if baseline_file.is_file():
         baseline = json.loads(baseline_file.read_text())
     else:

@@ -96,3 +96,29 @@ def test_a_weights_file_of_the_architecture_is_loaded(tmp_path):
     loaded = build_backbone(ModelConfig(weights=str(tmp_path / "b0.weights.h5")), 32)
     for mine, theirs in zip(source.weights, loaded.weights):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
+def test_phases_classify_categories_or_else_the_products(ingested, tmp_path):
+    from conftest import write_image
+    from phases.classification import class_labels
+    from phases.config import PipelineConfig
+    from tfrecords.ingest import ingest
+    from tfrecords.manifest import ImageManifest, read_manifest
+    from tfrecords.options import IngestOptions
+
+    def config(classify):
+        return PipelineConfig.model_validate({
+            "data": {"source": "x"}, "model": {"classify": classify},
+            "phases": [{"name": "top", "kind": "classification", "unfreeze": "none", "learning_rate": 0.01, "epochs": 1}],
+        })
+
+    with_categories = read_manifest(ingested, ImageManifest)
+    assert class_labels(config("auto"), with_categories) == ("category_id", 3)
+    assert class_labels(config("product"), with_categories) == ("product_id", 24)
+    for product in ("a", "b", "c"):
+        write_image(tmp_path / "src" / product / "1.jpg")
+    ingest(tmp_path / "src", tmp_path / "out", IngestOptions(val_fraction=0, test_fraction=0, workers=1), progress=False)
+    without = read_manifest(tmp_path / "out", ImageManifest)
+    assert class_labels(config("auto"), without) == ("product_id", 3)
+    with pytest.raises(ConfigError, match="model.classify is 'category' but the data has no categories"):
+        class_labels(config("category"), without)
