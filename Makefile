@@ -18,7 +18,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 # Demo photos -> `pvs run` (ingestion, baseline, the four phases, extraction) -> shard
 # check -> the input pipeline's figure. Everything lands in runs/demo/.
 demo: $(INSTALLED)
-	$(BIN)/pvs demo-data $(DEMO)/images
+	$(BIN)/pvs demo-data $(DEMO)/images --products 120
 	$(BIN)/pvs run --config configs/demo.yaml --run-dir $(DEMO)
 	$(BIN)/pvs verify $(DEMO)/data
 	$(BIN)/pvs preview $(DEMO)/data --out $(DEMO)/preview.png

@@ -141,6 +141,9 @@ def run_siamese_phase(
         projection, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
     else:
         first = phase.margin_schedule[0]
+        # Seeded here: the projection's initial weights must not depend on what ran
+        # before in this process (a run that reused phases 1-3 draws the same ones).
+        keras.utils.set_random_seed(epoch_seed(config.runtime.seed, phase.name, -1))
         projection = build_projection(train.vectors.shape[1], phase.projection_dim)
         projection.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin))
         start, rows = 0, []
