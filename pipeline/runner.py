@@ -91,6 +91,16 @@ def save_result(folder: Path, result: PhaseResult) -> None:
     write_text_atomic(folder / RESULT_NAME, json.dumps(stored, indent=1))
 
 
+def with_final_scores(result: PhaseResult, group: str) -> list[dict]:
+    """The phase's rows, its last one extended with the scores of the final split
+    (`test_mar_at_10`, ...), measured once at the end of the phase."""
+    rows = [dict(row) for row in result.rows]
+    if result.final_scores and rows:
+        prefix = f"{group}_"
+        rows[-1].update({(k if k.startswith(prefix) else prefix + k): v for k, v in result.final_scores.items()})
+    return rows
+
+
 def run_pipeline(config: PipelineConfig, run_dir: Path, log: Callable[[str], None] = print) -> RunOutcome:
     """Run (or resume) everything; writes scores.csv, submission.csv and the artifacts into run_dir."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +134,7 @@ def run_pipeline(config: PipelineConfig, run_dir: Path, log: Callable[[str], Non
             runner = run_classification_phase if isinstance(phase, ClassificationPhase) else run_siamese_phase
             result = runner(phase, config, context, previous)
             save_result(folder, result)
-        for row in result.rows:
+        for row in with_final_scores(result, config.evaluation.final_split):
             table.add(row)
         previous = (result.model_path, result.model_sha256)
 

@@ -57,6 +57,9 @@ def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_ph
         ("baseline", "0"), ("top", "1"), ("block7a", "1"), ("full", "1"), ("siamese", "1"), ("siamese", "2"),
     ]
     assert [row["margin"] for row in rows[-2:]] == ["0.5", "0.75"]
+    # Each phase's last row also carries the test scores measured at the end of the phase.
+    assert [bool(row["test_mar_at_10"]) for row in rows] == [False, True, True, True, False, True]
+    assert rows[3]["test_accuracy"] != "" and rows[1]["val_accuracy"] != ""
     # Phase 1 trains the head only and BatchNormalization is frozen: the backbone's
     # features, hence the retrieval scores, are the baseline's.
     assert rows[1]["mar_at_10"] == rows[0]["mar_at_10"] and rows[1]["map_at_r"] == rows[0]["map_at_r"]
