@@ -31,6 +31,7 @@ test-fast: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/training.py
 
 # Re-resolve the dependencies of pyproject.toml in a fresh environment and pin them.
 lock:
