@@ -109,8 +109,13 @@ def train_labels(train: EmbeddingArrays, labels: str) -> np.ndarray:
     return np.unique(train.image_ids, return_inverse=True)[1].astype(np.int64)
 
 
-def project_scores(projection: keras.Model, features: Path, group: str) -> dict:
-    query, index = load_embeddings(features, f"{group}_query"), load_embeddings(features, f"{group}_index")
+def load_group(features: Path, group: str) -> tuple[EmbeddingArrays, EmbeddingArrays]:
+    """The cached query and index features of an eval group (read and checked once per phase)."""
+    return load_embeddings(features, f"{group}_query"), load_embeddings(features, f"{group}_index")
+
+
+def project_scores(projection: keras.Model, query: EmbeddingArrays, index: EmbeddingArrays) -> dict:
+    """Retrieval scores of the projected query features against the projected index features."""
     return retrieval_scores(
         projection.predict(query.vectors, verbose=0, batch_size=4096),
         query.product_ids,
@@ -135,6 +140,7 @@ def run_siamese_phase(
     features = cache_features(backbone, backbone_sha256, config, context.data_dir, context.work_dir / "features")
     train = load_embeddings(features, "train")
     labels = train_labels(train, phase.labels)
+    evaluation = load_group(features, config.evaluation.split)
     checkpoints = context.work_dir / "checkpoints"
     checkpoint = latest_checkpoint(checkpoints)
     if checkpoint is not None:
@@ -170,7 +176,7 @@ def run_siamese_phase(
                 f"phase {phase.name!r}, epoch {epoch + 1}: the loss became {loss}; the checkpoint of epoch {epoch} is kept"
             )
         row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin, "learning_rate": step.learning_rate}
-        row.update(project_scores(projection, features, config.evaluation.split))
+        row.update(project_scores(projection, *evaluation))
         rows.append(row)
         save_checkpoint(checkpoints, epoch, projection, {"rows": rows})
         context.report(row)
@@ -180,7 +186,7 @@ def run_siamese_phase(
     final_group = config.evaluation.final_split
     final_scores = None
     if read_manifest(context.data_dir, ImageManifest).counts.get(f"{final_group}_query"):
-        final_scores = project_scores(projection, features, final_group)
+        final_scores = project_scores(projection, *load_group(features, final_group))
     return PhaseResult(
         name=phase.name,
         model_path=embedder_path,
