@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
 from phases.config import ClassificationPhase, PipelineConfig
@@ -20,7 +19,6 @@ from phases.scoring import accuracy, embed_split, score_embeddings
 from phases.unit import PhaseContext, PhaseResult, epoch_seed
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
-from tfrecords.preprocess import NUM_VIEWS
 from tfrecords.reader import read_images
 
 
@@ -157,9 +155,5 @@ def _training_batches(phase, config: PipelineConfig, data_dir: Path, labels_of: 
         deterministic=config.runtime.deterministic,
         verify=False,
     )
-    batches = read_images(data_dir, "train", options).map(lambda element: (element["image"], element[labels_of]))
-    # A known length lets Keras end the epoch without an "ran out of data" warning.
-    views = NUM_VIEWS if phase.augment == "all" else 1
-    count = read_manifest(data_dir, ImageManifest).counts["train"] * views
-    return batches.apply(tf.data.experimental.assert_cardinality(math.ceil(count / config.data.batch_size)))
+    return read_images(data_dir, "train", options).map(lambda element: (element["image"], element[labels_of]))
 
