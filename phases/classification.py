@@ -34,13 +34,15 @@ def class_labels(config: PipelineConfig, manifest: ImageManifest) -> tuple[str, 
     return "product_id", len(manifest.products)
 
 
-def score_split(scorer: keras.Model, config: PipelineConfig, data_dir: Path, group: str, labels_of: str | None) -> dict:
+def score_split(
+    scorer: keras.Model, config: PipelineConfig, data_dir: Path, group: str, labels_of: str | None, verify: bool = True
+) -> dict:
     """Scores of `group` (val or test) for a scorer (images -> features, or -> [features,
     probabilities]): retrieval with the features, plus classification accuracy when the
     labels are categories (val and test products are never train products)."""
     size, batch = config.data.image_size, config.evaluation.batch_size
-    query = embed_split(scorer, data_dir, f"{group}_query", size, batch)
-    index = embed_split(scorer, data_dir, f"{group}_index", size, batch)
+    query = embed_split(scorer, data_dir, f"{group}_query", size, batch, verify)
+    index = embed_split(scorer, data_dir, f"{group}_index", size, batch, verify)
     scores = score_embeddings(query, index)
     if labels_of == "category_id":
         scores = {f"{group}_accuracy": accuracy([query, index], "category_ids"), **scores}
@@ -125,7 +127,7 @@ def run_classification_phase(
                 f"epoch {epoch} is kept. Lower the learning rate ({phase.learning_rate}) and run again."
             )
         row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "accuracy": float(history.history["accuracy"][-1])}
-        row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, labels_of))
+        row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, labels_of, verify=False))
         rows.append(row)
         save_checkpoint(checkpoints, epoch, model, {"rows": rows})
         context.report(row)
@@ -133,8 +135,8 @@ def run_classification_phase(
     digest = save_model(model, model_path)
     final_group = config.evaluation.final_split
     final_scores = None
-    if manifest.counts.get(f"{final_group}_query"):
-        final_scores = score_split(scorer, config, context.data_dir, final_group, labels_of)
+    if manifest.has_queries(final_group):
+        final_scores = score_split(scorer, config, context.data_dir, final_group, labels_of, verify=False)
     return PhaseResult(
         name=phase.name,
         model_path=model_path,

@@ -34,7 +34,7 @@ def extract(model_path: Path, model_sha256: str, config: PipelineConfig, data_di
     """Embed the final split's queries and index with the final model; write shards and submission."""
     manifest = read_manifest(data_dir, ImageManifest)
     group = config.evaluation.final_split
-    if not manifest.counts.get(f"{group}_query"):
+    if not manifest.has_queries(group):
         group = config.evaluation.split
     model = load_model(model_path, model_sha256, compile=False)
     size, batch = config.data.image_size, config.evaluation.batch_size

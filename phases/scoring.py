@@ -22,12 +22,15 @@ class SplitEmbeddings:
     probabilities: np.ndarray | None = None
 
 
-def embed_split(model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int) -> SplitEmbeddings:
+def embed_split(
+    model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int, verify: bool = True
+) -> SplitEmbeddings:
     """Run `model` (images -> embeddings, or -> [embeddings, probabilities]) over a split.
 
-    Images are read without augmentation, in shard order.
+    Images are read without augmentation, in shard order. `verify=False` skips the
+    shards' sha256 check, for callers that checked them already (it reads every byte).
     """
-    options = ReadOptions(image_size=image_size, batch_size=batch_size, deterministic=True)
+    options = ReadOptions(image_size=image_size, batch_size=batch_size, deterministic=True, verify=verify)
     vectors, probabilities, products, categories, ids = [], [], [], [], []
     for batch in read_images(data_dir, split, options).as_numpy_iterator():
         output = model.predict_on_batch(batch["image"])

@@ -185,7 +185,7 @@ def run_siamese_phase(
     digest = save_model(build_embedder(backbone, projection), embedder_path)
     final_group = config.evaluation.final_split
     final_scores = None
-    if read_manifest(context.data_dir, ImageManifest).counts.get(f"{final_group}_query"):
+    if read_manifest(context.data_dir, ImageManifest).has_queries(final_group):
         final_scores = project_scores(projection, *load_group(features, final_group))
     return PhaseResult(
         name=phase.name,

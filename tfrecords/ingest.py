@@ -54,9 +54,10 @@ def ingest(source: str | Path, out_dir: str | Path, options: IngestOptions, prog
     remove_stale_temporaries(out / PARTS_FOLDER)
     finished = {shard.file: outcome for shard in shards if (outcome := finished_outcome(out, shard))}
     todo = [shard for shard in shards if shard.file not in finished]
+    images_in = {shard.file: len(shard.images) for shard in shards}
     with tqdm(
         total=len(images),
-        initial=sum(len(shard.images) for shard in shards if shard.file in finished),
+        initial=sum(images_in[name] for name in finished),
         unit="img",
         desc=f"ingest {out.name}",
         disable=not progress,
@@ -64,7 +65,7 @@ def ingest(source: str | Path, out_dir: str | Path, options: IngestOptions, prog
     ) as bar:
         for outcome in _write_all(todo, out, options):
             finished[outcome.file] = outcome
-            bar.update(len(next(s for s in todo if s.file == outcome.file).images))
+            bar.update(images_in[outcome.file])
     _remove_unplanned_shards(out, {shard.file for shard in shards})
 
     outcomes = [finished[shard.file] for shard in shards]

@@ -62,6 +62,10 @@ class ImageManifest(ShardSet):
     distractor_products: list[str]
     skipped: list[SkippedImage]
 
+    def has_queries(self, group: str) -> bool:
+        """Whether eval group `group` (val or test) has query images to score."""
+        return self.counts.get(f"{group}_query", 0) > 0
+
 
 class EmbeddingManifest(ShardSet):
     """A folder of embedding shards: `dim`-d float32 vectors with their ids."""
