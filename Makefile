@@ -17,6 +17,8 @@ $(INSTALLED): requirements.lock pyproject.toml
 
 # Demo photos -> `pvs run` (ingestion, baseline, the four phases, extraction) -> shard
 # check -> the input pipeline's figure. Everything lands in runs/demo/.
+# No usage telemetry from the temporary Prefect server (this network is closed anyway).
+demo: export PREFECT_SERVER_ANALYTICS_ENABLED = false
 demo: $(INSTALLED)
 	$(BIN)/pvs demo-data $(DEMO)/images --products 120
 	$(BIN)/pvs run --config configs/demo.yaml --run-dir $(DEMO)

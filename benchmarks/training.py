@@ -59,7 +59,7 @@ from phases.model import backbone_of, build_embedder, build_projection, set_trai
 from phases.siamese import LabelBalancedBatches, cache_features, make_loss, train_labels  # noqa: E402
 from phases.unit import epoch_seed  # noqa: E402
 from pipeline.config_files import load_config, parse_overrides  # noqa: E402
-from pipeline.runner import configure_runtime  # noqa: E402
+from pipeline.runtime import configure_runtime  # noqa: E402
 from tfrecords.demo_data import DemoOptions, write_demo_data  # noqa: E402
 from tfrecords.embeddings import load_embeddings  # noqa: E402
 from tfrecords.ingest import ingest  # noqa: E402

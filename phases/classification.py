@@ -16,7 +16,7 @@ from phases.config import ClassificationPhase, PipelineConfig
 from phases.errors import ConfigError, TrainingError
 from phases.model import backbone_of, build_backbone, build_classifier, calibrate_batch_norm, set_trainable
 from phases.scoring import accuracy, embed_split, score_embeddings
-from phases.unit import PhaseContext, PhaseResult, epoch_seed
+from phases.unit import PhaseContext, PhaseResult, epoch_seed, seed_everything
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_images
@@ -60,7 +60,7 @@ def initial_classifier(config: PipelineConfig, data_dir: Path, classes: int) -> 
 
     Seeded here, so the baseline row and the first phase start from the same weights.
     """
-    keras.utils.set_random_seed(config.runtime.seed)
+    seed_everything(config.runtime.seed)
     backbone = build_backbone(config.model, config.data.image_size)
     if config.model.batch_norm_calibration_batches:
         options = ReadOptions(

@@ -24,7 +24,7 @@ from phases.metrics import retrieval_scores
 from phases.classification import class_labels, initial_classifier
 from phases.model import backbone_of, build_embedder, build_projection
 from phases.scoring import embed_split
-from phases.unit import PhaseContext, PhaseResult, epoch_seed
+from phases.unit import PhaseContext, PhaseResult, epoch_seed, seed_everything
 from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
 from tfrecords.errors import ManifestError
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
@@ -149,7 +149,7 @@ def run_siamese_phase(
         first = phase.margin_schedule[0]
         # Seeded here: the projection's initial weights must not depend on what ran
         # before in this process (a run that reused phases 1-3 draws the same ones).
-        keras.utils.set_random_seed(epoch_seed(config.runtime.seed, phase.name, -1))
+        seed_everything(epoch_seed(config.runtime.seed, phase.name, -1))
         projection = build_projection(train.vectors.shape[1], phase.projection_dim)
         projection.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin))
         start, rows = 0, []

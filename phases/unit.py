@@ -48,3 +48,20 @@ def epoch_seed(seed: int, phase: str, epoch: int) -> int:
     what ran before it, so a resumed phase reads exactly what an uninterrupted one would."""
     digest = hashlib.sha256(f"{seed}:{phase}:{epoch}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    """`keras.utils.set_random_seed`, made safe from other threads.
+
+    Keras draws the seed of every unseeded initializer from Python's shared `random`
+    (`seed_generator.make_default_seed`). In a Prefect run, the engine's background
+    threads draw from that same `random` while a model is being built, so weights
+    came out different from run to run. Keras is given its own `random.Random(seed)`
+    instead: the same sequence an undisturbed `random.seed(seed)` gives (so the same
+    weights as a plain process), which no other thread touches."""
+    import random
+
+    from keras.src.random import seed_generator
+
+    keras.utils.set_random_seed(seed)
+    seed_generator.python_random = random.Random(seed)

@@ -40,3 +40,25 @@ def save_figure(figure, out_path: str | Path) -> Path:
     plt.close(figure)
     write_bytes_atomic(out_path, buffer.getvalue())
     return Path(out_path)
+
+
+def write_comparison_chart(runs: dict[str, list[dict]], out_path: Path, metric: str = "mar_at_10") -> Path:
+    """Several runs side by side: per run, the metric after each phase (its last epoch)."""
+    phases = list(dict.fromkeys(row["phase"] for rows in runs.values() for row in rows))
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.1 * len(phases) + 2), 3.6))
+    for name, rows in runs.items():
+        final = {row["phase"]: float(row[metric]) for row in rows}  # later rows win: the phase's last epoch
+        positions = [i for i, phase in enumerate(phases) if phase in final]
+        values = [final[phases[i]] for i in positions]
+        line = axis.plot(positions, values, "o-", label=name)[0]
+        for position, value in zip(positions, values):
+            axis.annotate(f"{value:.3f}", (position, value), textcoords="offset points", xytext=(0, 6), ha="center",
+                          fontsize=7, color=line.get_color())
+    axis.set_xticks(range(len(phases)), phases, fontsize=8)
+    axis.set_ylabel(metric)
+    top = max((float(row[metric]) for rows in runs.values() for row in rows), default=0.0)
+    axis.set_ylim(0, min(1.0, top * 1.2) if top > 0 else 1.0)
+    axis.set_title(f"{metric} at the end of each phase", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    return save_figure(figure, out_path)

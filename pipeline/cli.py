@@ -63,19 +63,49 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", type=Path, default=None, help="default runs/<config name>")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. phases.full.epochs=3 (repeatable)")
+    run.add_argument("--force", nargs="+", default=[], metavar="STEP",
+                     help="recompute these steps: ingest, baseline, a phase name, extraction")
+
+    report = commands.add_parser("report", help="the leaderboard of one or more runs, and their chart")
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    report.add_argument("--chart", type=Path, default=None,
+                        help="PNG path (default RUN_DIR/report.png for one run, ./comparison.png for several)")
     return parser
 
 
 def _run(args) -> None:
+    from flows import check_force, default_run_dir, finetune
     from pipeline.config_files import load_config, parse_overrides
-    from pipeline.runner import run_pipeline
+    from pipeline.reports import read_scores
+    from pipeline.scores import ScoreTable
 
-    config = load_config(args.config, parse_overrides(args.overrides))
-    run_dir = args.run_dir or Path("runs") / args.config.stem
-    outcome = run_pipeline(config, run_dir, log=lambda line: print(line, flush=True))
-    print(outcome.table.render())
-    print(f"scores: {outcome.table.path} (chart: {outcome.table.path.with_suffix('.png')})")
-    print(f"submission: {outcome.extraction.submission_path}")
+    overrides = parse_overrides(args.overrides)
+    check_force(load_config(args.config, overrides), args.force)  # config errors before Prefect starts
+    run_dir = args.run_dir or default_run_dir(args.config)
+    summary = finetune(config_path=str(args.config), overrides=overrides, run_dir=str(run_dir), force=args.force)
+    table = ScoreTable(Path(summary["scores"]))
+    table.rows = read_scores(run_dir)
+    print(table.render())
+    print(f"scores: {run_dir / 'scores.csv'} (chart: {run_dir / 'scores.png'})")
+    print(f"submission: {run_dir / 'submission.csv'}")
+
+
+def _report(args) -> None:
+    from pipeline.charts import write_comparison_chart, write_score_chart
+    from pipeline.reports import leaderboard, read_scores, render_leaderboard
+
+    runs = {}
+    for run_dir in args.run_dirs:
+        name = run_dir.resolve().name
+        runs[name if name not in runs else str(run_dir)] = read_scores(run_dir)
+    for name, rows in runs.items():
+        print(render_leaderboard(name, leaderboard(rows)))
+        print()
+    if len(runs) == 1:
+        chart = write_score_chart(rows, args.chart or args.run_dirs[0] / "report.png", title=f"{name}: mar_at_10")
+    else:
+        chart = write_comparison_chart(runs, args.chart or Path("comparison.png"))
+    print(f"chart: {chart}")
 
 
 def _demo_data(args) -> None:
@@ -123,7 +153,9 @@ def _preview(args) -> None:
     print(f"wrote {out}")
 
 
-COMMANDS = {"demo-data": _demo_data, "ingest": _ingest, "verify": _verify, "preview": _preview, "run": _run}
+COMMANDS = {
+    "demo-data": _demo_data, "ingest": _ingest, "verify": _verify, "preview": _preview, "run": _run, "report": _report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

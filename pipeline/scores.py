@@ -47,3 +47,14 @@ class ScoreTable:
                 cells.append(f"{text:>13}" if i else f"{text:<10}")
             lines.append("".join(cells))
         return "\n".join(lines)
+
+
+def phase_rows(output: dict, final_split: str) -> list[dict]:
+    """A finished phase's score rows, its last one extended with the scores of the final
+    split (`test_mar_at_10`, ...), measured once at the end of the phase."""
+    rows = [dict(row) for row in output["rows"]]
+    final = output.get("final_scores")
+    if final and rows:
+        prefix = f"{final_split}_"
+        rows[-1].update({(key if key.startswith(prefix) else prefix + key): value for key, value in final.items()})
+    return rows

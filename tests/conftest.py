@@ -1,11 +1,26 @@
 """Shared fixtures: tiny generated datasets and helpers to make images and CSVs."""
 
+import atexit
 import csv
 import io
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Prefect keeps task results and its database under PREFECT_HOME: each test session gets
+# its own, so no cache leaks between sessions (or into the user's ~/.prefect).
+PREFECT_HOME = Path(tempfile.mkdtemp(prefix="pvs-test-prefect-"))
+atexit.register(shutil.rmtree, PREFECT_HOME, True)
+os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
+os.environ.pop("PREFECT_API_URL", None)  # never a server outside the tests
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -34,6 +49,63 @@ def ingested(demo_images, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ingested") / "data"
     ingest(demo_images, out, IngestOptions(shard_size=TINY_SHARD, val_fraction=0.2, test_fraction=0.2, workers=1), progress=False)
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:3]} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process started in its own session, and everything it started."""
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on 127.0.0.1 for this session, with its own
+    PREFECT_HOME; yields its API URL. Its log is in the fixture's folder."""
+    folder = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    # The UI's pages call the API at PREFECT_UI_API_URL (default port 4200, not ours).
+    environment = {**os.environ, "PREFECT_HOME": str(PREFECT_HOME), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                   "PREFECT_UI_API_URL": api}
+    with open(folder / "server.log", "w") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_for_http(f"{api}/health", process)
+        yield api
+    finally:
+        stop(process)
 
 
 def image_bytes(kind: str = "JPEG", mode: str = "RGB", size=(24, 16), colour=(200, 30, 60)) -> bytes:

@@ -19,7 +19,7 @@ from phases.classification import run_classification_phase  # noqa: E402
 from phases.config import PipelineConfig, SiamesePhase  # noqa: E402
 from phases.siamese import run_siamese_phase  # noqa: E402
 from phases.unit import PhaseContext  # noqa: E402
-from pipeline.runner import configure_runtime  # noqa: E402
+from pipeline.runtime import configure_runtime  # noqa: E402
 
 
 def main() -> None:

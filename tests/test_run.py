@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -32,11 +34,18 @@ def write_config(path, data_dir, full_learning_rate=1e-3):
     return path
 
 
-def pvs_run(config, run_dir, *extra):
+def pvs_run(config, run_dir, *extra, server=None):
+    """`pvs run` in its own process (on the session's Prefect server when given); stdout + stderr."""
     command = [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--run-dir", str(run_dir), *extra]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    environment = {**os.environ, **({"PREFECT_API_URL": server} if server else {})}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result.stdout
+    return result.stdout + result.stderr
+
+
+def states(output):
+    """{task run name: final state name} from Prefect's log lines."""
+    return dict(re.findall(r"Task run '([a-z0-9_]+)' - Finished in state (\w+)", output))
 
 
 def read_csv(path):
@@ -45,10 +54,12 @@ def read_csv(path):
 
 
 @pytest.mark.slow
-def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_phase(ingested, tmp_path):
+def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_phase(ingested, tmp_path, prefect_server):
     config = write_config(tmp_path / "tiny.yaml", ingested)
     run_dir = tmp_path / "run"
-    printed = pvs_run(config, run_dir)
+    printed = pvs_run(config, run_dir, server=prefect_server)
+    steps = ["ingest", "baseline", "top", "block7a", "full", "siamese", "extraction"]
+    assert states(printed) == dict.fromkeys(steps, "Completed")
     assert "phase" in printed and "mar_at_10" in printed and f"submission: {run_dir / 'submission.csv'}" in printed
 
     rows = read_csv(run_dir / "scores.csv")
@@ -66,23 +77,39 @@ def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_ph
     assert all(0 <= float(row["mar_at_10"]) <= 1 for row in rows)
     assert (run_dir / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # Each phase logs to TensorBoard: Keras' training curves and the scores per epoch.
+    for phase in ("top", "block7a", "full", "siamese"):
+        folder = next((run_dir / "phases").glob(f"0?-{phase}-*"))
+        assert list((folder / "tensorboard" / "scores").glob("events.out.tfevents.*"))
+        assert list((folder / "tensorboard" / "train").glob("events.out.tfevents.*"))
+
+    summary = json.loads((run_dir / "run.json").read_text())
+    embeddings_dir = summary["embeddings"]
     manifest = read_manifest(ingested, ImageManifest)
     submission = read_csv(run_dir / "submission.csv")
-    embeddings = read_manifest(run_dir / "embeddings", EmbeddingManifest)
+    embeddings = read_manifest(embeddings_dir, EmbeddingManifest)
     assert len(submission) == manifest.counts["test_query"]
     assert embeddings.count == manifest.counts["test_query"] + manifest.counts["test_index"] and embeddings.dim == 16
-    index_ids = {i.decode() for i in load_embeddings(run_dir / "embeddings", "test_index").image_ids}
-    query_ids = {i.decode() for i in load_embeddings(run_dir / "embeddings", "test_query").image_ids}
+    index_ids = {i.decode() for i in load_embeddings(embeddings_dir, "test_index").image_ids}
+    query_ids = {i.decode() for i in load_embeddings(embeddings_dir, "test_query").image_ids}
     assert {row["query_id"] for row in submission} == query_ids
     for row in submission:
         neighbours = row["index_ids"].split(" ")
         assert len(neighbours) == min(10, len(index_ids)) and set(neighbours) <= index_ids
 
-    again = pvs_run(config, run_dir)
-    assert all(f"{name}: reused the finished phase" in again for name in ("top", "block7a", "full", "siamese"))
+    # A new run of the same config: every step is Cached, nothing is trained again.
+    again = pvs_run(config, run_dir, server=prefect_server)
+    assert states(again) == dict.fromkeys(steps, "Cached")
     assert read_csv(run_dir / "scores.csv") == rows
 
-    changed = pvs_run(config, run_dir, "--set", "phases.full.learning_rate=0.0005")
-    assert "top: reused" in changed and "block7a: reused" in changed
-    assert "full: reused" not in changed and "siamese: reused" not in changed
-    assert json.loads(next((run_dir / "phases").glob("01-top-*/result.json")).read_text())["name"] == "top"
+    # Changing phase 3 reruns phase 3, phase 4 and the extraction; phases 1 and 2 stay Cached.
+    changed = states(pvs_run(config, run_dir, "--set", "phases.full.learning_rate=0.0005", server=prefect_server))
+    assert changed == {"ingest": "Cached", "baseline": "Cached", "top": "Cached", "block7a": "Cached",
+                       "full": "Completed", "siamese": "Completed", "extraction": "Completed"}
+
+    # A damaged model behind a cache hit is noticed (sha256) and recomputed, not used or fatal.
+    top_model = next((run_dir / "phases").glob("01-top-*/model.keras"))
+    top_model.write_bytes(top_model.read_bytes()[:-100])
+    repaired = pvs_run(config, run_dir, server=prefect_server)
+    assert "top: no trustworthy result" in repaired and states(repaired)["top"] == "Completed"
+    assert json.loads(next((run_dir / "phases").glob("01-top-*/result.json")).read_text())["output"]["phase"] == "top"

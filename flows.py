@@ -1,0 +1,131 @@
+"""The Prefect flow `finetune`: ingestion, the baseline, every phase, extraction.
+
+    prefect deployment run 'finetune/gpu' --param config_path=configs/seed.yaml --watch
+    pvs run --config configs/demo.yaml            # the same flow, without a deployment
+
+Each step is a cached task writing into a folder named by its key (`pipeline/keys.py`):
+a new run of the same config shows finished steps as Cached and resumes an unfinished
+phase from its last epoch checkpoint; changing phase 3 reruns phase 3, phase 4 and the
+extraction. Before trusting a cache hit, the flow checks the folder's record (files
+present, sha256 matching) and has the task recompute when it does not hold.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+
+from phases.config import PipelineConfig
+from phases.errors import ConfigError
+from pipeline import keys
+from pipeline.charts import write_score_chart
+from pipeline.config_files import load_config
+from pipeline.records import Work
+from pipeline.reports import artifact_key, chart_markdown
+from pipeline.runtime import configure_runtime
+from pipeline.scores import ScoreTable, phase_rows
+from pipeline.tasks import extract_embeddings, ingest_data, score_baseline, train_phase
+from tfrecords.files import sha256_file, write_bytes_atomic, write_text_atomic
+
+
+def step_names(config: PipelineConfig) -> list[str]:
+    """What `force` may name: ingest, baseline, each phase, extraction."""
+    return ["ingest", "baseline", *(phase.name for phase in config.phases), "extraction"]
+
+
+def check_force(config: PipelineConfig, force: list[str] | None) -> set[str]:
+    names = step_names(config)
+    unknown = [name for name in force or [] if name not in names]
+    if unknown:
+        raise ConfigError(f"force: no step named {', '.join(map(repr, unknown))}; the steps are {', '.join(names)}")
+    return set(force or [])
+
+
+def default_run_dir(config_path: str | Path) -> Path:
+    return Path("runs") / Path(config_path).stem
+
+
+def run(task_fn, work: Work, forced: set[str], **arguments) -> dict:
+    """Call a cached task for `work`: recomputed (its folder cleared) when forced, and
+    with Prefect's cached result refreshed when the folder's record does not hold."""
+    if work.name in forced and work.folder.exists():
+        get_run_logger().info(f"{work.name}: forced; clearing {work.folder}")
+        _clear(work)
+    fresh = work.finished() is None
+    if fresh and work.folder.exists():
+        get_run_logger().info(f"{work.name}: no trustworthy result in {work.folder}; running (resuming what is there)")
+    return task_fn.with_options(refresh_cache=fresh)(work, **arguments)
+
+
+def _clear(work: Work) -> None:
+    if work.name == "ingest":
+        (work.folder / "result.json").unlink(missing_ok=True)  # shards are checked and rewritten by ingestion itself
+    else:
+        shutil.rmtree(work.folder)
+
+
+@flow(name="finetune", description="Ingest, train the phases of the recipe, extract embeddings and a submission.")
+def finetune(
+    config_path: str = "configs/demo.yaml",
+    overrides: dict[str, Any] | None = None,
+    run_dir: str | None = None,
+    force: list[str] | None = None,
+) -> dict:
+    """Run (or resume) the pipeline of `config_path` with `overrides` (dotted keys, e.g.
+    {"phases.full.epochs": 3}) into `run_dir` (default runs/<config name>); `force`
+    names steps to recompute. Returns the paths of scores.csv, the chart and submission.csv."""
+    logger = get_run_logger()
+    config = load_config(config_path, overrides)
+    forced = check_force(config, force)
+    root = Path(run_dir) if run_dir else default_run_dir(config_path)
+    root.mkdir(parents=True, exist_ok=True)
+    configure_runtime(config)
+    name = root.resolve().name
+    steps = len(step_names(config))
+    progress = create_progress_artifact(0.0, key=artifact_key(name, "progress"), description=f"steps done of {steps}")
+
+    data = run(ingest_data, keys.ingestion_work(config, root), forced, config=config)
+    update_progress_artifact(progress, 100 * 1 / steps)
+    baseline = run(score_baseline, keys.baseline_work(config, root, data), forced, config=config, data=data)
+    update_progress_artifact(progress, 100 * 2 / steps)
+
+    table = ScoreTable(root / "scores.csv")
+    table.add(baseline["row"])
+    title = f"{config.description or name}: MAR@10 on {config.evaluation.split}"
+    previous = None
+    for number, phase in enumerate(config.phases, start=1):
+        work = keys.phase_work(config, root, number, data, previous)
+        previous = run(train_phase, work, forced, config=config, phase_name=phase.name, data=data, previous=previous)
+        rows = phase_rows(previous, config.evaluation.final_split)
+        for row in rows:
+            table.add(row)
+        write_score_chart(table.rows, root / "scores.png", title=title)
+        create_table_artifact(rows, key=artifact_key(name, "scores", phase.name), description=f"{phase.name}: scores per epoch")
+        update_progress_artifact(progress, 100 * (2 + number) / steps)
+
+    extraction = run(extract_embeddings, keys.extraction_work(config, root, data, previous), forced,
+                     config=config, data=data, final=previous)
+    submission = root / "submission.csv"
+    write_bytes_atomic(submission, Path(extraction["submission"]).read_bytes())
+    update_progress_artifact(progress, 100.0)
+    create_markdown_artifact(chart_markdown(title, root / "scores.png", table.rows), key=artifact_key(name, "score-chart"),
+                             description="the leaderboard metric after each phase and epoch")
+    summary = {
+        "run_dir": str(root.resolve()),
+        "scores": str(table.path.resolve()),
+        "chart": str((root / "scores.png").resolve()),
+        "submission": str(submission.resolve()),
+        "submission_sha256": sha256_file(submission),
+        "embeddings": extraction["embeddings_dir"],
+        "final_model": previous["model"],
+        "final_model_sha256": previous["model_sha256"],
+        "final_split": extraction["split"],
+        "final_scores": extraction["scores"],
+    }
+    write_text_atomic(root / "run.json", json.dumps(summary, indent=1))
+    logger.info(f"submission: {submission} ({extraction['split']}: mar_at_10 {extraction['scores']['mar_at_10']:.4f})")
+    return summary

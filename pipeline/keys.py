@@ -1,0 +1,116 @@
+"""Cache keys: one digest of everything that decides a task's output.
+
+A key covers the task's own config section, the content digest of what it reads
+(the source listing, the data manifest, the parent phase's model sha256), the
+package version, a digest of the code in `phases/` and `tfrecords/`, and the
+folder it writes to. Not the run id: a new run of the same config finds the same
+keys and reuses every finished task. The folder is part of the key because two run
+roots with the same config hold two copies of the outputs.
+"""
+
+import hashlib
+import json
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import phases
+import tfrecords
+from phases.config import PipelineConfig
+from pipeline.records import Work
+from tfrecords.files import sha256_file
+from tfrecords.manifest import MANIFEST_NAME
+from tfrecords.sources import scan_source
+
+DISTRIBUTION = "product-visual-search"
+
+
+@cache
+def code_digest() -> str:
+    """sha256 over the Python files of `phases/` and `tfrecords/` (names and contents)."""
+    digest = hashlib.sha256()
+    for package in (phases, tfrecords):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{package.__name__}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@cache
+def package_version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def digest(kind: str, folder: Path, **parts) -> str:
+    """The key of a task of `kind` writing to `folder`, from JSON-able `parts`."""
+    document = {
+        "kind": kind,
+        "folder": str(Path(folder).resolve()),
+        "version": package_version(),
+        "code": code_digest(),
+        **parts,
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def source_digest(source: str | Path) -> str:
+    """What ingestion reads: each image's id, labels, split, size and modification time.
+
+    Cheap (one stat per image, no decoding); an image edited in place changes its
+    size or mtime, so the key changes and ingestion runs again (rewriting only the
+    shards whose images changed)."""
+    listing = hashlib.sha256()
+    for image in scan_source(source):
+        stat = image.path.stat()
+        listing.update(f"{image.image_id}\0{image.product}\0{image.category}\0{image.split}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return listing.hexdigest()
+
+
+def shared_settings(config: PipelineConfig) -> dict:
+    """What every scored model depends on besides its own phase: model, inputs, runtime, evaluation."""
+    return {
+        "model": config.model.model_dump(),
+        "inputs": config.data.model_dump(include={"image_size", "batch_size", "shuffle_buffer"}),
+        "runtime": config.runtime.model_dump(),
+        "evaluation": config.evaluation.model_dump(),
+    }
+
+
+def ingestion_work(config: PipelineConfig, root: Path) -> Work:
+    """Ingestion writes RUN_DIR/data (one copy of the shards per run root, resumed in
+    place); an already ingested source is only verified and recorded there."""
+    source = Path(config.data.source)
+    if (source / MANIFEST_NAME).is_file():
+        read = {"ingested": sha256_file(source / MANIFEST_NAME)}
+    else:
+        read = {"source": source_digest(source), "options": config.data.ingest.model_dump()}
+    return Work("ingest", digest("ingest", root, **read), root / "data")
+
+
+def baseline_work(config: PipelineConfig, root: Path, data: dict) -> Work:
+    key = digest("baseline", root, data=data["manifest_sha256"], settings=shared_settings(config))
+    return Work("baseline", key, root / "phases" / f"00-baseline-{key[:12]}")
+
+
+def phase_work(config: PipelineConfig, root: Path, number: int, data: dict, previous: dict | None) -> Work:
+    """Phase `number` (1-based): its config, the model it starts from, the shared settings, the data."""
+    phase = config.phases[number - 1]
+    key = digest(
+        "phase",
+        root,
+        phase=phase.model_dump(),
+        number=number,
+        parent=previous["model_sha256"] if previous else None,
+        settings=shared_settings(config),
+        data=data["manifest_sha256"],
+    )
+    return Work(phase.name, key, root / "phases" / f"{number:02d}-{phase.name}-{key[:12]}")
+
+
+def extraction_work(config: PipelineConfig, root: Path, data: dict, final: dict) -> Work:
+    key = digest("extraction", root, model=final["model_sha256"], settings=shared_settings(config), data=data["manifest_sha256"])
+    return Work("extraction", key, root / f"extraction-{key[:12]}")

@@ -1,0 +1,86 @@
+"""Reading runs back: the leaderboard table (one row per phase) and the flow's
+artifacts in the Prefect UI (a score table per phase, the chart per run, progress).
+"""
+
+import base64
+import csv
+import re
+from pathlib import Path
+
+from tfrecords.errors import UserError
+
+METRIC = "mar_at_10"  # the leaderboard metric of eProduct
+LEADERBOARD_COLUMNS = ("phase", "epochs", "best_epoch", f"best_{METRIC}", f"final_{METRIC}", f"test_{METRIC}")
+
+
+def read_scores(run_dir: Path) -> list[dict]:
+    """The rows of RUN_DIR/scores.csv, numbers as numbers."""
+    path = Path(run_dir) / "scores.csv"
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; is {run_dir} a run folder (written by `pvs run`)?")
+    with open(path, newline="") as handle:
+        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def leaderboard(rows: list[dict]) -> list[dict]:
+    """One row per phase, in run order: its best epoch by the leaderboard metric, the
+    metric then and at its last epoch, and the test score measured at the phase's end."""
+    table = []
+    for phase in dict.fromkeys(row["phase"] for row in rows):
+        epochs = [row for row in rows if row["phase"] == phase]
+        best = max(epochs, key=lambda row: row[METRIC])
+        table.append({
+            "phase": phase,
+            "epochs": len(epochs) if phase != "baseline" else 0,
+            "best_epoch": best["epoch"],
+            f"best_{METRIC}": best[METRIC],
+            f"final_{METRIC}": epochs[-1][METRIC],
+            f"test_{METRIC}": epochs[-1].get(f"test_{METRIC}", ""),
+        })
+    return table
+
+
+def render_leaderboard(name: str, table: list[dict]) -> str:
+    lines = [name, "".join(f"{column:>16}" if i else f"{column:<12}" for i, column in enumerate(LEADERBOARD_COLUMNS))]
+    for row in table:
+        cells = []
+        for i, column in enumerate(LEADERBOARD_COLUMNS):
+            value = row[column]
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            cells.append(f"{text:>16}" if i else f"{text:<12}")
+        lines.append("".join(cells))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value):
+        return f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(column, "")) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def chart_markdown(title: str, chart: Path, rows: list[dict]) -> str:
+    """The run's markdown artifact: the chart embedded as a PNG data URI (the server keeps
+    nothing but the artifact, so the image travels inside it) and the leaderboard table."""
+    encoded = base64.b64encode(Path(chart).read_bytes()).decode("ascii")
+    table = leaderboard(rows)
+    return (
+        f"# {title}\n\n![score chart](data:image/png;base64,{encoded})\n\n"
+        f"{markdown_table(table, list(LEADERBOARD_COLUMNS))}\n"
+    )

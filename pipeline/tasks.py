@@ -1,0 +1,115 @@
+"""The flow's tasks: ingestion, the baseline, one training phase, extraction.
+
+Every task writes into its own folder and ends by writing the folder's record
+(`pipeline/records.py`). Its Prefect cache key is the key of that folder, so a
+new run of the same config shows finished tasks as Cached. The flow checks the
+record (files present, sha256 matching) before it trusts a cache hit, and makes
+the task recompute when it does not hold (`refresh_cache`). Prefect stores only
+the small output dict (paths, digests, scores) as JSON, never models or arrays.
+"""
+
+import functools
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from phases.classification import baseline_row, run_classification_phase
+from phases.config import ClassificationPhase, PipelineConfig
+from phases.extraction import extract
+from phases.siamese import run_siamese_phase
+from phases.unit import PhaseContext
+from pipeline.monitoring import EpochLogger, ScoreReporter, tensorboard_callback
+from pipeline.records import Work, write_record
+from tfrecords.ingest import ingest, summary
+from tfrecords.manifest import MANIFEST_NAME, ImageManifest, read_manifest, verify_shards
+
+
+def _cache_key(context, inputs: dict) -> str:
+    return inputs["work"].key
+
+
+def cached_task(fn):
+    """A task cached under its Work's key, with its small output persisted as JSON.
+
+    When Prefect has no cached result (a new PREFECT_HOME, say) but the folder holds a
+    trustworthy record, the task returns that record instead of working again."""
+
+    @functools.wraps(fn)
+    def reuse_or_run(work: Work, *args, **kwargs) -> dict:
+        done = work.finished()
+        if done is not None:
+            get_run_logger().info(f"{work.name}: reusing the finished work in {work.folder}")
+            return done
+        return fn(work, *args, **kwargs)
+
+    return task(
+        reuse_or_run,
+        cache_key_fn=_cache_key,
+        persist_result=True,
+        result_serializer="json",
+        task_run_name="{work.name}",
+    )
+
+
+@cached_task
+def ingest_data(work: Work, config: PipelineConfig) -> dict:
+    """The source as checked TFRecord shards: ingested into `work.folder`, or the source
+    itself when it is an ingested folder already (its shards are verified)."""
+    logger = get_run_logger()
+    source = Path(config.data.source)
+    if (source / MANIFEST_NAME).is_file():
+        manifest = read_manifest(source, ImageManifest)
+        verify_shards(source, manifest.shards)
+        logger.info(f"data: the ingested folder {source} ({len(manifest.shards)} shards verified)")
+        files = {"manifest": source.resolve() / MANIFEST_NAME}
+        return write_record(work.folder, work.key, {"data_dir": str(source.resolve())}, files)
+    manifest = ingest(source, work.folder, config.data.ingest, progress=False)  # resumes an interrupted ingestion
+    logger.info(summary(manifest))
+    return write_record(work.folder, work.key, {"data_dir": str(work.folder.resolve())}, {"manifest": work.folder / MANIFEST_NAME})
+
+
+@cached_task
+def score_baseline(work: Work, config: PipelineConfig, data: dict) -> dict:
+    """Scores of the untrained model (the starting point of the score journey)."""
+    row = baseline_row(config, Path(data["data_dir"]))
+    get_run_logger().info(f"baseline: mar_at_10 {row['mar_at_10']:.4f}")
+    return write_record(work.folder, work.key, {"row": row})
+
+
+@cached_task
+def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: dict, previous: dict | None) -> dict:
+    """Train (or resume) one phase in `work.folder`; returns its final model and score rows.
+
+    `previous` is the output of the phase before (its model and sha256), None for the first.
+    """
+    logger = get_run_logger()
+    phase = config.phase(phase_name)
+    context = PhaseContext(
+        data_dir=Path(data["data_dir"]),
+        work_dir=work.folder,
+        report=ScoreReporter(logger, phase.name, work.folder / "tensorboard"),
+        callbacks=(EpochLogger(logger, phase.name), tensorboard_callback(work.folder)),
+    )
+    runner = run_classification_phase if isinstance(phase, ClassificationPhase) else run_siamese_phase
+    start = (Path(previous["model"]), previous["model_sha256"]) if previous else None
+    result = runner(phase, config, context, start)
+    if result.resumed_after_epoch is not None:
+        logger.info(f"{phase.name}: resumed after epoch {result.resumed_after_epoch} from its checkpoint")
+    output = {
+        "phase": phase.name,
+        "rows": result.rows,
+        "final_scores": result.final_scores,
+        "resumed_after_epoch": result.resumed_after_epoch,
+        **result.extra,
+    }
+    return write_record(work.folder, work.key, output, {"model": result.model_path})
+
+
+@cached_task
+def extract_embeddings(work: Work, config: PipelineConfig, data: dict, final: dict) -> dict:
+    """Embeddings of the final split and `submission.csv`, from the final model."""
+    result = extract(Path(final["model"]), final["model_sha256"], config, Path(data["data_dir"]), work.folder)
+    get_run_logger().info(f"submission: {result.split} mar_at_10 {result.scores['mar_at_10']:.4f}")
+    output = {"split": result.split, "scores": result.scores, "embeddings_dir": str(result.embeddings_dir.resolve())}
+    files = {"submission": result.submission_path, "embeddings_manifest": result.embeddings_dir / MANIFEST_NAME}
+    return write_record(work.folder, work.key, output, files)
