@@ -15,21 +15,30 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
+import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
 from phases.config import PipelineConfig
 from phases.errors import ConfigError
 from pipeline import keys
 from pipeline.charts import write_score_chart
 from pipeline.config_files import load_config
+from pipeline.logs import install_log_filters
 from pipeline.records import Work
 from pipeline.reports import artifact_key, chart_markdown
+from pipeline.run_root import claim_run_root
 from pipeline.runtime import configure_runtime
 from pipeline.scores import ScoreTable, phase_rows
 from pipeline.tasks import extract_embeddings, ingest_data, score_baseline, train_phase
 from tfrecords.files import sha256_file, write_bytes_atomic, write_text_atomic
+
+install_log_filters()
 
 
 def step_names(config: PipelineConfig) -> list[str]:
@@ -78,12 +87,18 @@ def finetune(
     """Run (or resume) the pipeline of `config_path` with `overrides` (dotted keys, e.g.
     {"phases.full.epochs": 3}) into `run_dir` (default runs/<config name>); `force`
     names steps to recompute. Returns the paths of scores.csv, the chart and submission.csv."""
-    logger = get_run_logger()
     config = load_config(config_path, overrides)
     forced = check_force(config, force)
     root = Path(run_dir) if run_dir else default_run_dir(config_path)
-    root.mkdir(parents=True, exist_ok=True)
-    configure_runtime(config)
+    with claim_run_root(root, Path(config_path), config) as swept:
+        if swept:
+            get_run_logger().info(f"removed {swept} temporary file(s) left in {root} by an interrupted run")
+        configure_runtime(config)
+        return _run_steps(config, root, forced)
+
+
+def _run_steps(config: PipelineConfig, root: Path, forced: set[str]) -> dict:
+    logger = get_run_logger()
     name = root.resolve().name
     steps = len(step_names(config))
     progress = create_progress_artifact(0.0, key=artifact_key(name, "progress"), description=f"steps done of {steps}")

@@ -16,8 +16,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from phases.errors import UnsafeModelError
 from tfrecords.errors import ShardIntegrityError
-from tfrecords.files import sha256_file, write_text_atomic
+from tfrecords.files import sha256_file, storage_error, write_text_atomic
 
 KEEP = 2  # checkpoints kept per phase: the last, and one in case the last is damaged
 
@@ -38,6 +39,11 @@ def save_model(model: keras.Model, path: Path) -> str:
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except Exception as error:
+        disk = storage_error(path, error)
+        if disk is not None:
+            raise disk from error
+        raise
     finally:
         temporary.unlink(missing_ok=True)
     return sha256_file(path)
@@ -46,10 +52,24 @@ def save_model(model: keras.Model, path: Path) -> str:
 def load_model(path: Path, sha256: str | None = None, compile: bool = True) -> keras.Model:
     """Load a `.keras` model in safe mode, after checking its sha256 when one is given.
 
-    `compile=False` drops the optimizer: a new phase starts its own."""
+    `compile=False` drops the optimizer: a new phase starts its own. A model holding code
+    (a Lambda layer) is refused without running any of it: UnsafeModelError."""
     if sha256 is not None and sha256_file(path) != sha256:
         raise ShardIntegrityError(f"{path}: sha256 differs from the recorded one; the file was altered")
-    return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except (ValueError, TypeError) as error:
+        # How Keras 3 words its refusals: a Python lambda (ValueError naming safe_mode), a
+        # function or class neither Keras' nor registered (TypeError), a Keras utility that
+        # is not a layer (e.g. keras.utils.get_file), a class that is not Keras'.
+        refusals = ("safe_mode", "Could not locate", "Non-modeling APIs", "not a KerasSaveable")
+        if not any(refusal in str(error) for refusal in refusals):
+            raise
+        raise UnsafeModelError(
+            f"{path}: holds code (a Lambda layer or a function Keras does not know) that Keras safe mode "
+            "refuses to run; it was not loaded and none of it ran. This pipeline's models hold no code: "
+            "if you did not make this file, delete it, and the step that wrote it runs again"
+        ) from None
 
 
 def random_states(model: keras.Model) -> dict[str, list[int]]:
@@ -99,7 +119,7 @@ def latest_checkpoint(folder: Path) -> Checkpoint | None:
                 continue
         except (ValueError, KeyError):
             continue
-        model = keras.saving.load_model(model_path, safe_mode=True)
+        model = load_model(model_path)
         restore_random_states(model, state.get("random", {}))
         return Checkpoint(model=model, epoch=state["epoch"], state=state)
     return None

@@ -6,17 +6,16 @@ from `model.weights`. Each epoch: train, score `val` with the backbone's pooled
 features, save a checkpoint, report the row.
 """
 
-import math
 from pathlib import Path
 
 import keras
 
 from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
 from phases.config import ClassificationPhase, PipelineConfig
-from phases.errors import ConfigError, TrainingError
+from phases.errors import ConfigError
 from phases.model import backbone_of, build_backbone, build_classifier, calibrate_batch_norm, set_trainable
 from phases.scoring import accuracy, embed_split, score_embeddings
-from phases.unit import PhaseContext, PhaseResult, epoch_seed, seed_everything
+from phases.unit import PhaseContext, PhaseResult, check_loss, epoch_seed, seed_everything, seed_model_randomness
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_images
@@ -100,6 +99,10 @@ def run_classification_phase(
         set_trainable(model, phase, config.model.freeze_batch_norm)  # the same flags as saved: the optimizer state still fits
     else:
         if previous is not None:
+            # Seeded here: loading draws the seeds of the model's Dropout layers (Keras does
+            # not save them), which must not depend on what ran before in this process. A
+            # run resumed at this phase's start must draw what an uninterrupted one did.
+            seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
             model = load_model(previous[0], previous[1], compile=False)
         else:
             model = initial_classifier(config, context.data_dir, classes)
@@ -121,11 +124,7 @@ def run_classification_phase(
             callbacks=[keras.callbacks.TerminateOnNaN(), *context.callbacks],
         )
         loss = history.history["loss"][-1]
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"phase {phase.name!r}, epoch {epoch + 1}: the loss became {loss}; the checkpoint of "
-                f"epoch {epoch} is kept. Lower the learning rate ({phase.learning_rate}) and run again."
-            )
+        check_loss(phase.name, epoch, loss, f"Lower the learning rate ({phase.learning_rate}) and run again.")
         row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "accuracy": float(history.history["accuracy"][-1])}
         row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, labels_of, verify=False))
         rows.append(row)

@@ -29,6 +29,18 @@ class DataConfig(Section):
     ingest: IngestOptions = IngestOptions()
 
 
+# Where `unfreeze_from` may start training, in each backbone's layer order: the layer-name
+# prefixes of its stem, its blocks (as `phases.model.block_names` lists them from a built
+# model; tests/test_model.py checks the two agree) and its top. Known here, so that a typo
+# is refused when the config loads, not when its phase starts hours into a run.
+LAYER_GROUPS = {
+    "EfficientNetB0": (
+        "stem", "block1a", "block2a", "block2b", "block3a", "block3b", "block4a", "block4b", "block4c",
+        "block5a", "block5b", "block5c", "block6a", "block6b", "block6c", "block6d", "block7a", "top",
+    ),
+}
+
+
 class ModelConfig(Section):
     architecture: Literal["EfficientNetB0"] = "EfficientNetB0"
     # `imagenet` (Keras downloads and caches it; needs the internet once), `none`
@@ -150,7 +162,21 @@ class PipelineConfig(Section):
             raise ValueError(
                 "the siamese phase trains on features of the final backbone: keep one, after every classification phase"
             )
+        groups = LAYER_GROUPS[self.model.architecture]
+        for phase in self.phases:
+            prefix = getattr(phase, "unfreeze_from", None)
+            if prefix is not None and not _starts_a_layer(prefix, groups):
+                raise ValueError(
+                    f"phases.{phase.name}.unfreeze_from: {prefix!r} starts no layer of {self.model.architecture}; "
+                    f"give one of {', '.join(groups)} (or a layer name inside one, e.g. {groups[-2]}_expand_conv)"
+                )
         return self
 
     def phase(self, name: str) -> ClassificationPhase | SiamesePhase:
         return next(phase for phase in self.phases if phase.name == name)
+
+
+def _starts_a_layer(prefix: str, groups: tuple[str, ...]) -> bool:
+    """Whether `prefix` begins a group's name (`block6` -> block6a) or a layer inside a group
+    (`block7a_expand_conv`; that layer's existence is checked when the model is built)."""
+    return bool(prefix) and any(group.startswith(prefix) or prefix.startswith(f"{group}_") for group in groups)

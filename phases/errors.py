@@ -9,3 +9,7 @@ class ConfigError(UserError):
 
 class TrainingError(UserError):
     """Training cannot go on (e.g. a NaN loss), naming the phase and the epoch."""
+
+
+class UnsafeModelError(UserError):
+    """A saved model holds code (a Lambda layer, an unknown function) that Keras safe mode refuses to load."""

@@ -11,6 +11,7 @@ Keras safe mode.
 """
 
 import re
+import warnings
 from pathlib import Path
 
 import keras
@@ -37,10 +38,15 @@ def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
     )
     if weights not in ("imagenet", "none"):
         try:
-            backbone.load_weights(weights)
+            with warnings.catch_warnings():
+                # Keras warns once per layer it cannot match (hundreds of lines) before it raises.
+                warnings.filterwarnings("ignore", message="Skipping nested container", category=UserWarning)
+                backbone.load_weights(weights)
         except (ValueError, KeyError, OSError) as error:
+            reason = str(error).strip().splitlines()[0].split(" Example error message")[0]  # then Keras lists every layer
             raise ConfigError(
-                f"model.weights: {weights} does not fit {config.architecture} without its top: {error}"
+                f"model.weights: {weights} does not fit {config.architecture} without its top ({reason}); give a "
+                f".weights.h5 file saved from {config.architecture}(include_top=False), or 'imagenet' or 'none'"
             ) from None
     return backbone
 

@@ -17,14 +17,13 @@ import keras
 import numpy as np
 
 from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
+from phases.classification import class_labels, initial_classifier
 from phases.config import PipelineConfig, SiamesePhase
-from phases.errors import TrainingError
 from phases.losses import ContrastiveLoss, TripletHardLoss, TripletSemiHardLoss
 from phases.metrics import retrieval_scores
-from phases.classification import class_labels, initial_classifier
 from phases.model import backbone_of, build_embedder, build_projection
 from phases.scoring import embed_split
-from phases.unit import PhaseContext, PhaseResult, epoch_seed, seed_everything
+from phases.unit import PhaseContext, PhaseResult, check_loss, epoch_seed, seed_model_randomness
 from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
 from tfrecords.errors import ManifestError
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
@@ -149,7 +148,7 @@ def run_siamese_phase(
         first = phase.margin_schedule[0]
         # Seeded here: the projection's initial weights must not depend on what ran
         # before in this process (a run that reused phases 1-3 draws the same ones).
-        seed_everything(epoch_seed(config.runtime.seed, phase.name, -1))
+        seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
         projection = build_projection(train.vectors.shape[1], phase.projection_dim)
         projection.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin))
         start, rows = 0, []
@@ -171,10 +170,7 @@ def run_siamese_phase(
             callbacks=[keras.callbacks.TerminateOnNaN(), *context.callbacks],
         )
         loss = history.history["loss"][-1]
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"phase {phase.name!r}, epoch {epoch + 1}: the loss became {loss}; the checkpoint of epoch {epoch} is kept"
-            )
+        check_loss(phase.name, epoch, loss, f"Lower this epoch's learning rate ({step.learning_rate}) and run again.")
         row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin, "learning_rate": step.learning_rate}
         row.update(project_scores(projection, *evaluation))
         rows.append(row)

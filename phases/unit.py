@@ -1,11 +1,14 @@
 """What every phase takes and returns: a context (data, work folder, hooks) and a result."""
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+
+from phases.errors import TrainingError
 
 
 def _ignore(row: dict) -> None:
@@ -51,7 +54,8 @@ def epoch_seed(seed: int, phase: str, epoch: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """`keras.utils.set_random_seed`, made safe from other threads.
+    """`keras.utils.set_random_seed` (Python, NumPy, TensorFlow's global seed, Keras), made
+    safe from other threads; for the start of a run and its first model.
 
     Keras draws the seed of every unseeded initializer from Python's shared `random`
     (`seed_generator.make_default_seed`). In a Prefect run, the engine's background
@@ -59,9 +63,34 @@ def seed_everything(seed: int) -> None:
     came out different from run to run. Keras is given its own `random.Random(seed)`
     instead: the same sequence an undisturbed `random.seed(seed)` gives (so the same
     weights as a plain process), which no other thread touches."""
+    keras.utils.set_random_seed(seed)
+    seed_model_randomness(seed)
+
+
+def seed_model_randomness(seed: int) -> None:
+    """Seed what building or loading a model draws (Keras' default seeds of initializers
+    and Dropout layers, NumPy, `random`), and nothing else.
+
+    TensorFlow's global seed is left alone: tf.data combines it with each pipeline's
+    own seed (shuffles, augmentation draws), so it must stay the run's seed whatever
+    ran before in the process; a phase that reseeded it would read its data in another
+    order when resumed in a new process than when run straight on."""
     import random
 
+    import numpy as np
     from keras.src.random import seed_generator
 
-    keras.utils.set_random_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
     seed_generator.python_random = random.Random(seed)
+
+
+def check_loss(phase: str, epoch: int, loss: float, advice: str) -> None:
+    """Raise TrainingError when the loss of (0-based) `epoch` is NaN or infinite.
+
+    Called before the epoch's checkpoint is saved, so the last good one stays the
+    latest and a rerun (with, say, a lower learning rate) resumes from it."""
+    if math.isfinite(loss):
+        return
+    kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch had finished, so there is no checkpoint"
+    raise TrainingError(f"phase {phase!r}, epoch {epoch + 1}: the loss became {loss}; {kept}. {advice}")

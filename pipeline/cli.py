@@ -11,6 +11,7 @@ from pathlib import Path
 import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
 from pydantic import ValidationError
 
+from pipeline.redaction import redact
 from tfrecords.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -74,13 +75,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
+    from pipeline.config_files import check_inputs, load_config, parse_overrides
+
+    # Config and input errors first, before Prefect is imported (seconds) or started.
+    overrides = parse_overrides(args.overrides)
+    config = load_config(args.config, overrides)
+    check_inputs(config, str(args.config))
+
     from flows import check_force, default_run_dir, finetune
-    from pipeline.config_files import load_config, parse_overrides
     from pipeline.reports import read_scores
     from pipeline.scores import ScoreTable
 
-    overrides = parse_overrides(args.overrides)
-    check_force(load_config(args.config, overrides), args.force)  # config errors before Prefect starts
+    check_force(config, args.force)
     run_dir = args.run_dir or default_run_dir(args.config)
     summary = finetune(config_path=str(args.config), overrides=overrides, run_dir=str(run_dir), force=args.force)
     table = ScoreTable(Path(summary["scores"]))
@@ -163,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in error.errors())
-        print(f"error: invalid option: {problems}", file=sys.stderr)
+        print(f"error: invalid option: {redact(problems)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

@@ -7,13 +7,15 @@ its position: `phases.full.epochs=3`, `phases.siamese.margin_schedule.0.margin=0
 """
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from phases.config import PipelineConfig
 from phases.errors import ConfigError
+from pipeline.redaction import redact
+from tfrecords.errors import SourceError, UserError
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -35,12 +37,74 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: {_yaml_problem(error)}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, phases, ...)")
     for key, value in (overrides or {}).items():
         _set(raw, key, value, path)
-    return validate(raw, str(path))
+    config = validate(raw, str(path))
+    _refuse_credentials(config, path)
+    return config
+
+
+def _refuse_credentials(config: PipelineConfig, origin: Path) -> None:
+    """A password or token written into a path would be kept wherever the run records its
+    config (Prefect's flow-run parameters, run-config.yaml, the manifest's source): refuse
+    it, showing it masked. Sources and weights are the config's only addresses."""
+    for field, value in (("data.source", config.data.source), ("model.weights", config.model.weights)):
+        if redact(value) != value:
+            raise ConfigError(
+                f"{origin}: {field}: {redact(value)} holds a credential; runs record their config, so credentials "
+                "never go in a config or --set: give the address without it and let the storage client find them "
+                "(e.g. GOOGLE_APPLICATION_CREDENTIALS for gs://)"
+            )
+
+
+def check_inputs(config: PipelineConfig, origin: str) -> None:
+    """Refuse, before a run starts, a config whose inputs cannot work: a data source that
+    is missing or unusable, or whose `evaluation.split` would have no query to score, and
+    a weights file that is missing or not of the architecture. Inside the run, these
+    would stop a task minutes in. Costs a listing of the source (seconds for a million
+    images) and, with a weights file, building the backbone once (seconds)."""
+    try:
+        if "://" not in config.data.source:  # remote sources are checked by ingestion itself
+            _check_source(config)
+        if config.model.weights not in ("imagenet", "none"):
+            from phases.model import build_backbone
+
+            build_backbone(config.model, image_size=32)  # weights do not depend on the image size; 32 px is cheapest
+    except UserError as error:
+        raise ConfigError(f"{origin}: {error}") from None
+
+
+def _check_source(config: PipelineConfig) -> None:
+    from tfrecords.ingest import split_counts
+
+    source, group = config.data.source, config.evaluation.split
+    try:
+        counts = split_counts(source, config.data.ingest)
+    except SourceError as error:
+        raise SourceError(f"data.source: {error}") from None
+    if not counts.get(f"{group}_query"):
+        raise SourceError(
+            f"data.source {source} gives no {group} query image ({counts.get(f'{group}_index', 0)} {group} index "
+            f"images; a {group} product needs 2 or more images to give one), so evaluation.split {group!r} cannot "
+            f"be scored; give {group} products more images, raise data.ingest.{group}_fraction, or set "
+            f"evaluation.split: {'test' if group == 'val' else 'val'}"
+        )
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong in a YAML file and on which line, without the parser's excerpt."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = (getattr(error, "problem", None) or str(error)).replace("tag:yaml.org,2002:", "!!")
+    if isinstance(error, yaml.constructor.ConstructorError):
+        return (f"{where}not valid YAML for a config: {problem}; configs are read with a safe loader, "
+                "which takes plain values, lists and mappings only: remove the tag")
+    return f"{where}not valid YAML: {problem}"
 
 
 def validate(raw: dict, origin: str) -> PipelineConfig:
@@ -49,9 +113,35 @@ def validate(raw: dict, origin: str) -> PipelineConfig:
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            where = ".".join(_readable(raw, item["loc"])) or "(top level)"
-            problems.append(f"  {where}: {item['msg']}")
+            where = ".".join(_readable(raw, item["loc"]))
+            if item["type"] == "extra_forbidden":
+                message = f"unknown key; the keys here are {', '.join(_fields_at(item['loc'][:-1]))}"
+            elif item["type"] == "value_error":
+                message = str(item.get("ctx", {}).get("error") or item["msg"])  # ours, without pydantic's prefix
+            else:
+                message = item["msg"]
+            problems.append(f"  {where}: {message}" if where else f"  {message}")
         raise ConfigError(f"{origin}: invalid config\n" + "\n".join(problems)) from None
+
+
+def _fields_at(location: tuple) -> list[str]:
+    """The keys the config section at a pydantic error location accepts."""
+    models: list[type[BaseModel]] = [PipelineConfig]
+    for step in location:
+        if isinstance(step, int):
+            continue  # an item of a list: the list's model
+        tagged = [model for model in models if "kind" in model.model_fields and model.model_fields["kind"].default == step]
+        models = tagged or [
+            inner for model in models if step in model.model_fields for inner in _models_in(model.model_fields[step].annotation)
+        ]
+    return [name for model in models[:1] for name in model.model_fields]
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds: `list[MarginStep]` -> [MarginStep], a union -> its members."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in get_args(annotation) for model in _models_in(argument)]
 
 
 def _readable(raw: dict, location: tuple) -> list[str]:

@@ -16,6 +16,8 @@ LEADERBOARD_COLUMNS = ("phase", "epochs", "best_epoch", f"best_{METRIC}", f"fina
 def read_scores(run_dir: Path) -> list[dict]:
     """The rows of RUN_DIR/scores.csv, numbers as numbers."""
     path = Path(run_dir) / "scores.csv"
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir}: no such folder; give a run folder written by `pvs run` (e.g. runs/demo)")
     if not path.is_file():
         raise UserError(f"{path}: no such file; is {run_dir} a run folder (written by `pvs run`)?")
     with open(path, newline="") as handle:

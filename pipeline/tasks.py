@@ -61,11 +61,17 @@ def ingest_data(work: Work, config: PipelineConfig) -> dict:
         manifest = read_manifest(source, ImageManifest)
         verify_shards(source, manifest.shards)
         logger.info(f"data: the ingested folder {source} ({len(manifest.shards)} shards verified)")
-        files = {"manifest": source.resolve() / MANIFEST_NAME}
-        return write_record(work.folder, work.key, {"data_dir": str(source.resolve())}, files)
+        return write_record(work.folder, work.key, {"data_dir": str(source.resolve())}, _data_files(source.resolve(), manifest))
     manifest = ingest(source, work.folder, config.data.ingest, progress=False)  # resumes an interrupted ingestion
     logger.info(summary(manifest))
-    return write_record(work.folder, work.key, {"data_dir": str(work.folder.resolve())}, {"manifest": work.folder / MANIFEST_NAME})
+    return write_record(work.folder, work.key, {"data_dir": str(work.folder.resolve())}, _data_files(work.folder, manifest))
+
+
+def _data_files(data_dir: Path, manifest: ImageManifest) -> dict[str, Path]:
+    """The manifest and every shard: the record vouches for all of them, so a shard damaged
+    between runs is found (by sha256) before the next run trusts the data, and rewritten.
+    Costs one read of the data per run (about 0.2 s per 128 MB shard)."""
+    return {"manifest": data_dir / MANIFEST_NAME, **{f"shard {shard.file}": data_dir / shard.file for shard in manifest.shards}}
 
 
 @cached_task

@@ -4,6 +4,7 @@ import atexit
 import csv
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -86,26 +87,41 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """A real `prefect server start` on 127.0.0.1 for this session, with its own
-    PREFECT_HOME; yields its API URL. Its log is in the fixture's folder."""
-    folder = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
+def start_prefect_server(home: Path, port: int, log: Path) -> subprocess.Popen:
+    """`prefect server start` on 127.0.0.1:`port` with its database under `home`, in its
+    own session (for `stop`); returns once its API answers. Its log goes to `log`."""
     api = f"http://127.0.0.1:{port}/api"
     # The UI's pages call the API at PREFECT_UI_API_URL (default port 4200, not ours).
-    environment = {**os.environ, "PREFECT_HOME": str(PREFECT_HOME), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+    environment = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_HOST": "127.0.0.1",
                    "PREFECT_UI_API_URL": api}
-    with open(folder / "server.log", "w") as log:
+    with open(log, "a") as handle:
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=environment, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
         wait_for_http(f"{api}/health", process)
-        yield api
+    except BaseException:
+        stop(process)
+        raise
+    return process
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server on 127.0.0.1 for this session, with the session's
+    PREFECT_HOME; yields its API URL. Its log is in the fixture's folder."""
+    port = free_port()
+    process = start_prefect_server(PREFECT_HOME, port, tmp_path_factory.mktemp("prefect-server") / "server.log")
+    try:
+        yield f"http://127.0.0.1:{port}/api"
     finally:
         stop(process)
+
+
+def states(output: str) -> dict[str, str]:
+    """{task run name: final state name} from Prefect's log lines."""
+    return dict(re.findall(r"Task run '([a-z0-9_]+)' - Finished in state (\w+)", output))
 
 
 def image_bytes(kind: str = "JPEG", mode: str = "RGB", size=(24, 16), colour=(200, 30, 60)) -> bytes:

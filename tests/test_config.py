@@ -45,7 +45,9 @@ def test_overrides_address_phases_by_name_and_parse_values():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"data.colour": 1}, "data.colour: Extra inputs are not permitted"),
+        ({"data.colour": 1}, "data.colour: unknown key; the keys here are source, image_size, batch_size, shuffle_buffer, ingest"),
+        ({"phases.siamese.margin_schedule.0.colour": 1}, "phases.siamese.margin_schedule.0.colour: unknown key; the keys here are margin, learning_rate, epochs"),
+        ({"phases.top.unfreeze_from": "block9a", "phases.top.unfreeze": "from"}, "phases.top.unfreeze_from: 'block9a' starts no layer of EfficientNetB0"),
         ({"phases.top.learning_rate": -0.1}, "phases.top.learning_rate: Input should be greater than 0"),
         ({"phases.full.epochs": "many"}, "phases.full.epochs: Input should be a valid integer"),
         ({"phases.siamese.margin_schedule.0.epochs": 0}, "phases.siamese.margin_schedule.0.epochs: Input should be greater than 0"),
@@ -65,7 +67,8 @@ def test_phase_list_rules():
         load_config(SEED, {"phases.block7a.name": "full"})
     import yaml
 
-    raw = yaml.safe_load(open(SEED))
+    with open(SEED) as handle:
+        raw = yaml.safe_load(handle)
     raw["phases"] = raw["phases"][3:] + raw["phases"][:3]
     with pytest.raises(ConfigError, match="keep one, after every classification phase"):
         validate(raw, "reordered")

@@ -64,6 +64,13 @@ def test_unknown_block_prefix_lists_the_valid_blocks(classifier):
     assert block_names(classifier)[-1] == "block7a" and len(block_names(classifier)) == 16
 
 
+def test_the_config_knows_the_blocks_of_the_architecture(classifier):
+    from phases.config import LAYER_GROUPS
+
+    assert list(LAYER_GROUPS["EfficientNetB0"]) == ["stem", *block_names(classifier), "top"]
+    assert classifier.get_layer("stem_conv") and classifier.get_layer("top_conv")
+
+
 def test_backbone_of_a_classifier_gives_the_pooled_features(classifier):
     assert backbone_of(classifier).output_shape == (None, 1280)
 

@@ -3,12 +3,12 @@
 import csv
 import json
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 import yaml
+from conftest import states
 
 from phases.metrics import SCORE_NAMES
 from tfrecords.embeddings import load_embeddings
@@ -41,11 +41,6 @@ def pvs_run(config, run_dir, *extra, server=None):
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
-
-
-def states(output):
-    """{task run name: final state name} from Prefect's log lines."""
-    return dict(re.findall(r"Task run '([a-z0-9_]+)' - Finished in state (\w+)", output))
 
 
 def read_csv(path):

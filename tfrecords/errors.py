@@ -23,3 +23,8 @@ class ShardIntegrityError(UserError):
 
 class ManifestError(UserError):
     """A manifest is missing, unreadable, or of an unknown schema version."""
+
+
+class StorageError(UserError):
+    """A file could not be written (disk full, quota, file size limit, read-only disk);
+    the message names the file, and its previous version is kept."""

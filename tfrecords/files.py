@@ -6,13 +6,19 @@ A file is trusted only after its sha256 matches the one recorded for it.
 """
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
+
+from tfrecords.errors import StorageError
 
 _CHUNK = 1 << 20  # 1 MiB reads: hashing a 128 MB shard costs ~0.2 s, not memory.
+# Errors of the disk rather than of the data: no space, quota, file size limit, read-only.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -22,6 +28,21 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def storage_error(path: str | os.PathLike, error: BaseException) -> StorageError | None:
+    """The StorageError naming `path` when `error` (or its cause) is a disk error, else None.
+
+    Libraries that write files (Keras, h5py) may wrap the OSError; its errno is looked
+    for along the chain of causes."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
+            return StorageError(
+                f"{path}: could not be written ({os.strerror(error.errno)}); its previous version is kept. "
+                "Free some space (or raise the limit) and run the same command again to resume"
+            )
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def temporary_name(path: Path) -> Path:
@@ -47,8 +68,11 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        disk = storage_error(path, error)
+        if disk is not None:
+            raise disk from error
         raise
 
 
@@ -63,10 +87,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete `.*.tmp` files left by killed writers; returns how many were removed."""
+def remove_stale_temporaries(folder: Path, recursive: bool = False) -> int:
+    """Delete the temporary files left by killed writers (`.*.tmp`, and `.*.tmp.keras`
+    of model saves) in `folder` (and below it when `recursive`); returns how many.
+    Only safe while no other process writes there (a run holds its run root's lock)."""
     removed = 0
-    for stale in folder.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-        removed += 1
+    for pattern in (".*.tmp", ".*.tmp.keras"):
+        for stale in folder.rglob(pattern) if recursive else folder.glob(pattern):
+            stale.unlink(missing_ok=True)
+            removed += 1
     return removed

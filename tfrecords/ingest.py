@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from tfrecords.errors import SourceError
 from tfrecords.files import remove_stale_temporaries, sha256_file
-from tfrecords.manifest import ImageManifest, ShardEntry, SkippedImage, write_manifest
+from tfrecords.manifest import MANIFEST_NAME, ImageManifest, ShardEntry, SkippedImage, read_manifest, write_manifest
 from tfrecords.options import IngestOptions
 from tfrecords.shard_writer import (
     PARTS_FOLDER,
@@ -30,7 +30,7 @@ from tfrecords.shard_writer import (
     write_shard,
 )
 from tfrecords.sources import SourceImage, scan_source
-from tfrecords.splits import SPLITS, assign_splits
+from tfrecords.splits import EVAL_GROUPS, SPLITS, SplitPlan, assign_splits
 
 # Upper bound of a record's bytes besides the image and its id: TFRecord framing (16)
 # plus the Example's feature keys, tags, lengths and int values (~150).
@@ -43,8 +43,9 @@ def ingest(source: str | Path, out_dir: str | Path, options: IngestOptions, prog
     out = Path(out_dir)
     if out.resolve() == Path(source).resolve():
         raise SourceError(f"{out}: the output folder must not be the source folder")
-    images = scan_source(source)
-    split_plan = assign_splits(images, options.val_fraction, options.test_fraction, options.seed)
+    if out.exists() and not out.is_dir():
+        raise SourceError(f"{out}: exists and is not a folder; give a folder for the shards (new or ingested before)")
+    images, split_plan = split_source(source, options)
     products = {name: i for i, name in enumerate(sorted({image.product for image in images}))}
     categories = {name: i for i, name in enumerate(sorted({image.category for image in images if image.category}))}
     shards = plan_shards(images, split_plan.splits, products, categories, options)
@@ -76,11 +77,36 @@ def ingest(source: str | Path, out_dir: str | Path, options: IngestOptions, prog
         products=products,
         categories=categories,
         distractor_products=split_plan.distractor_products,
+        eval_only_categories=_eval_only_categories(images, split_plan.splits),
         shards=[ShardEntry(file=o.file, split=o.split, records=o.records, bytes=o.bytes, sha256=o.sha256) for o in outcomes],
         skipped=[SkippedImage(image_id=i, reason=r) for o in outcomes for i, r in o.skipped],
     )
     write_manifest(out, manifest)
     return manifest
+
+
+def split_source(source: str | Path, options: IngestOptions) -> tuple[list[SourceImage], SplitPlan]:
+    """The images of `source` and the split of each; errors name the source."""
+    images = scan_source(source)
+    try:
+        return images, assign_splits(images, options.val_fraction, options.test_fraction, options.seed)
+    except SourceError as error:
+        raise SourceError(f"{source}: {error}") from None
+
+
+def split_counts(source: str | Path, options: IngestOptions) -> dict[str, int]:
+    """Images per split that ingesting `source` would give, without opening an image:
+    read from the manifest when `source` is an ingested folder already."""
+    if (Path(source) / MANIFEST_NAME).is_file():
+        return read_manifest(source, ImageManifest).counts
+    return dict(Counter(split_source(source, options)[1].splits))
+
+
+def _eval_only_categories(images: list[SourceImage], splits: list[str]) -> list[str]:
+    """Categories with val or test products but no train product (retrieval is open-set:
+    allowed, but phases 1-3 never learn to classify them)."""
+    trained = {image.category for image, split in zip(images, splits) if split == "train"}
+    return sorted({image.category for image in images if image.category is not None} - trained)
 
 
 def plan_shards(
@@ -185,12 +211,25 @@ def _remove_unplanned_shards(out: Path, planned: set[str]) -> None:
 def summary(manifest: ImageManifest) -> str:
     """The lines `pvs ingest` prints: counts per split, shards, skipped files by reason."""
     lines = [
-        f"{sum(manifest.counts.values())} images of {len(manifest.products)} products"
-        f" ({len(manifest.categories)} categories) in {len(manifest.shards)} shards",
+        (f"{sum(manifest.counts.values())} images of {len(manifest.products)} products"
+         f" ({len(manifest.categories)} categories) in {len(manifest.shards)} shards"),
         "  " + ", ".join(f"{split} {count}" for split, count in manifest.counts.items()),
     ]
     if manifest.distractor_products:
         lines.append(f"  {len(manifest.distractor_products)} single-image eval products kept as index distractors")
+    for group in EVAL_GROUPS:
+        if manifest.counts.get(f"{group}_index") and not manifest.has_queries(group):
+            lines.append(
+                f"  warning: {group} has index images but no query (no {group} product has 2 or more images); "
+                f"a run cannot score {group}"
+            )
+    if manifest.eval_only_categories:
+        names = manifest.eval_only_categories
+        listing = ", ".join(names[:10]) + (", ... (all in manifest.json)" if len(names) > 10 else "")
+        lines.append(
+            f"  {len(names)} {'category' if len(names) == 1 else 'categories'} only in val/test, never trained on "
+            f"(allowed: retrieval is open-set): {listing}"
+        )
     if manifest.skipped:
         reasons = Counter(item.reason.split(":")[0] for item in manifest.skipped)
         listing = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())

@@ -50,7 +50,8 @@ class ImageManifest(ShardSet):
     """An ingested image folder (written by `pvs ingest`).
 
     `counts` is records per split; `products` and `categories` map the source's
-    names to the int ids in the records; `skipped` lists every unusable file.
+    names to the int ids in the records; `skipped` lists every unusable file;
+    `eval_only_categories` the categories of val or test that train lacks.
     """
 
     kind: Literal["images"] = "images"
@@ -61,6 +62,7 @@ class ImageManifest(ShardSet):
     categories: dict[str, int]
     distractor_products: list[str]
     skipped: list[SkippedImage]
+    eval_only_categories: list[str] = []  # absent from manifests written before it was added
 
     def has_queries(self, group: str) -> bool:
         """Whether eval group `group` (val or test) has query images to score."""
@@ -87,6 +89,8 @@ def write_manifest(folder: Path, manifest: ShardSet) -> Path:
 def read_manifest(folder: str | Path, model: type[ShardSet]) -> ShardSet:
     """Load and validate `folder/manifest.json` as `model`."""
     path = Path(folder) / MANIFEST_NAME
+    if not Path(folder).is_dir():
+        raise ManifestError(f"{folder}: no such folder; give a folder written by `pvs ingest`")
     if not path.is_file():
         raise ManifestError(f"{path}: no manifest; is {folder} a folder written by `pvs ingest`?")
     try:

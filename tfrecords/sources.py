@@ -7,6 +7,7 @@ by depth. Only the listing happens here: images are opened by the writer.
 """
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def _scan_csv(csv_path: Path) -> list[SourceImage]:
         if image.image_id in seen:
             raise SourceError(
                 f"{csv_path}: row {row_number} repeats the image {image.image_id!r} of row "
-                f"{seen[image.image_id]}; each image may be listed once"
+                f"{seen[image.image_id]}; each image may be listed once: delete one of the two rows"
             )
         seen[image.image_id] = row_number
         images.append(image)
@@ -112,6 +113,13 @@ def _scan_folder(root: Path) -> list[SourceImage]:
     depths = {len(path.relative_to(root).parts) for path in files}
     if not files:
         return []
+    undecodable = [relative for relative in (path.relative_to(root) for path in files) if not _is_utf8(str(relative))]
+    if undecodable:
+        shown = ", ".join(os.fsencode(path).decode("ascii", "backslashreplace") for path in undecodable[:3])
+        raise SourceError(
+            f"{root}: {len(undecodable)} file name(s) are not UTF-8 ({shown}); image ids are UTF-8 text in "
+            f"records and submissions: rename them, e.g. `convmv -r -f latin1 -t utf-8 --notest {root}`"
+        )
     if not depths <= {2, 3} or len(depths) > 1:
         examples = {depth: next(p for p in files if len(p.relative_to(root).parts) == depth) for depth in depths}
         listing = "; ".join(f"{p.relative_to(root)}" for p in examples.values())
@@ -132,6 +140,15 @@ def _scan_folder(root: Path) -> list[SourceImage]:
             )
         )
     return images
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name Python decoded with surrogate escapes (its bytes are not UTF-8)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_consistent_products(images: list[SourceImage], source: Path) -> None:

@@ -107,6 +107,6 @@ def _given_groups(images: "list[SourceImage]") -> dict[str, str]:
             raise SourceError(
                 f"product {image.product!r} is in {group_of(first.split)!r} ({first.where}) and in "
                 f"{group_of(image.split)!r} ({image.where}); a product must stay in one split, or "
-                f"evaluation would search for images the model was trained on"
+                f"evaluation would search for images the model was trained on: give all its rows one split"
             )
     return {product: group_of(image.split) for product, image in first_seen.items()}

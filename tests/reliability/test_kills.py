@@ -1,0 +1,150 @@
+"""SIGKILL at random points of the pipeline, then damaged files between runs: the run
+completes, keeps every finished step and epoch, and ends with the scores of an
+uninterrupted run.
+
+The kill points are landmarks of the uninterrupted run (the files it renames into
+place, in order: shards, manifests, checkpoints, models, features, embeddings,
+records; see kill_hook/sitecustomize.py), drawn at random with a seed that is
+printed and can be replayed with PVS_RELIABILITY_SEED=<seed>. A kill with delay 0
+lands mid-write (the file exists only under its temporary name); a delayed kill
+lands wherever the process is a moment later (mid-epoch, mid-extraction).
+"""
+
+import fnmatch
+import os
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import states
+from reliability.conftest import (
+    assert_same_scores,
+    finished_files,
+    read_scores,
+    rewritten,
+    run_to_end,
+    start_run,
+    tiny_config,
+)
+from tfrecords.files import sha256_file
+from tfrecords.manifest import ImageManifest, read_manifest
+
+KILLS = 10
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    landmark: str  # a path relative to the run root, keys as `*`
+    delay: float  # seconds after that file is renamed into place; 0: just before
+
+    def __str__(self) -> str:
+        moment = "mid-write" if self.delay == 0 else f"{self.delay:.2f} s after"
+        return f"{moment} {self.landmark}"
+
+
+def stage(landmark: str) -> str:
+    return landmark.split("/")[0] if "/" in landmark else "summary"
+
+
+def next_kill_point(pending: list[str], kills_left: int, rng: random.Random) -> KillPoint:
+    """A landmark not yet reached, drawn from the next 1/kills_left of what is left (so
+    the kills spread over the pipeline); the last one falls in the extraction."""
+    extraction = [name for name in pending if stage(name).startswith("extraction")]
+    if kills_left == 1 and extraction:
+        landmark = rng.choice(extraction)
+    else:
+        landmark = rng.choice(pending[: max(1, len(pending) // kills_left)])
+    # A delayed kill near the end might come after the process has ended.
+    late = stage(landmark).startswith("extraction") or stage(landmark) == "summary"
+    delay = 0.0 if late or rng.random() < 0.5 else round(rng.uniform(0.2, 2.0), 2)
+    return KillPoint(landmark, delay)
+
+
+def written(run_dir: Path, landmark: str) -> bool:
+    return any(fnmatch.fnmatchcase(path.relative_to(run_dir).as_posix(), landmark)
+               for path in run_dir.rglob("*") if path.is_file())
+
+
+def temporaries(run_dir: Path) -> list[str]:
+    return [p.relative_to(run_dir).as_posix() for p in run_dir.rglob(".*") if ".tmp" in p.name]
+
+
+@pytest.fixture(scope="module")
+def killed_run(reference, demo_images, prefect_server, tmp_path_factory):
+    """The pipeline killed at KILLS random points, started again after each, then run to
+    the end. Only landmarks written once count (scores.csv is rewritten after every
+    phase), and a phase keeps its last two checkpoints: with more than two epochs a
+    pruned one would never count as reached. Returns (run dir, config, the kills,
+    seed, finished files that a later run rewrote, the final run's output)."""
+    seed = int(os.environ.get("PVS_RELIABILITY_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"kill points drawn with PVS_RELIABILITY_SEED={seed}")
+    folder = tmp_path_factory.mktemp("killed")
+    config = tiny_config(folder / "tiny.yaml", demo_images)
+    run_dir = folder / "run"
+    rng = random.Random(seed)
+    once = [name for name in reference.landmarks if reference.landmarks.count(name) == 1 and name != "run.json"]
+    kills, damage = [], []
+    for number in range(1, KILLS + 1):
+        pending = [name for name in once if not (run_dir.exists() and written(run_dir, name))]
+        if not pending:
+            break
+        point = next_kill_point(pending, KILLS - len(kills), rng)
+        before = finished_files(run_dir) if run_dir.exists() else {}
+        run = start_run(config, run_dir, prefect_server, folder / f"run-{number}.log",
+                        PVS_TEST_KILL_AT=point.landmark, PVS_TEST_KILL_DELAY=str(point.delay))
+        code = run.wait()
+        if code == 0:
+            kills.append((point, "not killed: the run ended first"))
+            break
+        assert code == -signal.SIGKILL, f"seed {seed}, {point}: exit {code}\n{run.output()[-3000:]}"
+        kills.append((point, "killed"))
+        damage += [f"after kill {number} ({point}): {path}" for path in rewritten(before, run_dir)]
+    before = finished_files(run_dir)
+    final = run_to_end(config, run_dir, prefect_server, folder / "final.log")
+    damage += [f"final run: {path}" for path in rewritten(before, run_dir)]
+    print("\n".join(f"{point}: {outcome}" for point, outcome in kills))
+    return run_dir, config, kills, seed, damage, final
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_keep_finished_work_and_match_the_uninterrupted_run(killed_run, reference):
+    run_dir, _, kills, seed, damage, _ = killed_run
+    done = [point for point, outcome in kills if outcome == "killed"]
+    assert len(done) == KILLS, f"seed {seed}: only {len(done)} kills landed: {kills}"
+    assert {stage(point.landmark) for point in done} >= {"data", "extraction-*"}, f"seed {seed}: {kills}"
+    assert damage == [], f"seed {seed}: finished work was redone: {damage}"
+    assert_same_scores(read_scores(run_dir), reference.scores)
+    assert (run_dir / "submission.csv").read_bytes() == reference.submission, f"seed {seed}"
+    assert temporaries(run_dir) == [], f"seed {seed}: temporary files of killed writers were left"
+
+
+@pytest.mark.slow
+def test_damaged_or_deleted_files_are_found_by_digest_and_recomputed(killed_run, reference, prefect_server):
+    """After the killed run completed: a shard with a flipped byte, the final model
+    truncated, an embeddings file deleted. The next run notices each by sha256,
+    recomputes only what depends on it, and ends with the same scores."""
+    run_dir, config, _, _, _, _ = killed_run
+    data = run_dir / "data"
+    shard = data / read_manifest(data, ImageManifest).shards_of("train")[2].file
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    shard.write_bytes(bytes(content))
+    embedder = next(run_dir.glob("phases/04-siamese-*/embedder.keras"))
+    embedder.write_bytes(embedder.read_bytes()[: embedder.stat().st_size // 2])
+    next(run_dir.glob("extraction-*/embeddings/test_index-*.tfrecord")).unlink()
+    untouched = {name: value for name, value in finished_files(run_dir).items()
+                 if name.startswith(("phases/00", "phases/01", "phases/02", "phases/03"))}
+
+    output = run_to_end(config, run_dir, prefect_server, run_dir.parent / "repaired.log")
+    assert states(output) == {"ingest": "Completed", "baseline": "Cached", "top": "Cached", "block7a": "Cached",
+                              "full": "Cached", "siamese": "Completed", "extraction": "Completed"}
+    for step in ("ingest", "siamese", "extraction"):
+        assert f"{step}: no trustworthy result" in output, step
+    assert "siamese: resumed after epoch 2 from its checkpoint" in output  # its model re-saved, nothing retrained
+    assert sha256_file(shard) == next(s.sha256 for s in read_manifest(data, ImageManifest).shards if s.file == shard.name)
+    assert rewritten(untouched, run_dir) == []
+    assert_same_scores(read_scores(run_dir), reference.scores)
+    assert (run_dir / "submission.csv").read_bytes() == reference.submission
