@@ -21,7 +21,7 @@ from phases.unit import PhaseContext
 from pipeline.monitoring import EpochLogger, ScoreReporter, tensorboard_callback
 from pipeline.records import Work, write_record
 from tfrecords.ingest import ingest, summary
-from tfrecords.manifest import MANIFEST_NAME, ImageManifest, read_manifest, verify_shards
+from tfrecords.manifest import MANIFEST_NAME, EmbeddingManifest, ImageManifest, ShardSet, read_manifest, verify_shards
 
 
 def _cache_key(context, inputs: dict) -> str:
@@ -61,17 +61,18 @@ def ingest_data(work: Work, config: PipelineConfig) -> dict:
         manifest = read_manifest(source, ImageManifest)
         verify_shards(source, manifest.shards)
         logger.info(f"data: the ingested folder {source} ({len(manifest.shards)} shards verified)")
-        return write_record(work.folder, work.key, {"data_dir": str(source.resolve())}, _data_files(source.resolve(), manifest))
+        return write_record(work.folder, work.key, {"data_dir": str(source.resolve())}, _shard_set_files(source.resolve(), manifest))
     manifest = ingest(source, work.folder, config.data.ingest, progress=False)  # resumes an interrupted ingestion
     logger.info(summary(manifest))
-    return write_record(work.folder, work.key, {"data_dir": str(work.folder.resolve())}, _data_files(work.folder, manifest))
+    return write_record(work.folder, work.key, {"data_dir": str(work.folder.resolve())}, _shard_set_files(work.folder, manifest))
 
 
-def _data_files(data_dir: Path, manifest: ImageManifest) -> dict[str, Path]:
-    """The manifest and every shard: the record vouches for all of them, so a shard damaged
-    between runs is found (by sha256) before the next run trusts the data, and rewritten.
-    Costs one read of the data per run (about 0.2 s per 128 MB shard)."""
-    return {"manifest": data_dir / MANIFEST_NAME, **{f"shard {shard.file}": data_dir / shard.file for shard in manifest.shards}}
+def _shard_set_files(folder: Path, manifest: ShardSet, name: str = "") -> dict[str, Path]:
+    """A shard set's manifest and every shard, for a record: it vouches for all of them, so
+    a shard damaged or deleted between runs is found (by sha256) before the next run trusts
+    it, and rewritten. Costs one read of the shards per run (about 0.2 s per 128 MB)."""
+    return {f"{name}manifest": folder / MANIFEST_NAME,
+            **{f"{name}shard {shard.file}": folder / shard.file for shard in manifest.shards}}
 
 
 @cached_task
@@ -117,5 +118,6 @@ def extract_embeddings(work: Work, config: PipelineConfig, data: dict, final: di
     result = extract(Path(final["model"]), final["model_sha256"], config, Path(data["data_dir"]), work.folder)
     get_run_logger().info(f"submission: {result.split} mar_at_10 {result.scores['mar_at_10']:.4f}")
     output = {"split": result.split, "scores": result.scores, "embeddings_dir": str(result.embeddings_dir.resolve())}
-    files = {"submission": result.submission_path, "embeddings_manifest": result.embeddings_dir / MANIFEST_NAME}
+    embeddings = read_manifest(result.embeddings_dir, EmbeddingManifest)
+    files = {"submission": result.submission_path, **_shard_set_files(result.embeddings_dir, embeddings, "embeddings ")}
     return write_record(work.folder, work.key, output, files)

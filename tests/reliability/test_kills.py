@@ -121,30 +121,47 @@ def test_killed_runs_resume_keep_finished_work_and_match_the_uninterrupted_run(k
     assert temporaries(run_dir) == [], f"seed {seed}: temporary files of killed writers were left"
 
 
+def flip_a_byte(path: Path) -> None:
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    path.write_bytes(bytes(content))
+
+
 @pytest.mark.slow
 def test_damaged_or_deleted_files_are_found_by_digest_and_recomputed(killed_run, reference, prefect_server):
-    """After the killed run completed: a shard with a flipped byte, the final model
-    truncated, an embeddings file deleted. The next run notices each by sha256,
-    recomputes only what depends on it, and ends with the same scores."""
+    """After the killed run completed, two rounds of damage, each followed by a run:
+    1. a shard with a flipped byte and an embeddings file deleted: ingestion rewrites
+       that shard, the extraction runs again, the phases stay Cached;
+    2. the final model truncated and the last checkpoint of phase 4 altered: phase 4
+       resumes from the checkpoint before (retraining its last epoch), the extraction
+       follows. Each run ends with the scores of the uninterrupted run."""
     run_dir, config, _, _, _, _ = killed_run
     data = run_dir / "data"
     shard = data / read_manifest(data, ImageManifest).shards_of("train")[2].file
-    content = bytearray(shard.read_bytes())
-    content[len(content) // 2] ^= 0x01
-    shard.write_bytes(bytes(content))
-    embedder = next(run_dir.glob("phases/04-siamese-*/embedder.keras"))
-    embedder.write_bytes(embedder.read_bytes()[: embedder.stat().st_size // 2])
+    flip_a_byte(shard)
     next(run_dir.glob("extraction-*/embeddings/test_index-*.tfrecord")).unlink()
+    phases = {name: value for name, value in finished_files(run_dir).items() if name.startswith("phases/")}
+
+    output = run_to_end(config, run_dir, prefect_server, run_dir.parent / "repaired-1.log")
+    assert states(output) == {"ingest": "Completed", "baseline": "Cached", "top": "Cached", "block7a": "Cached",
+                              "full": "Cached", "siamese": "Cached", "extraction": "Completed"}
+    assert "ingest: no trustworthy result" in output and "extraction: no trustworthy result" in output
+    assert sha256_file(shard) == next(s.sha256 for s in read_manifest(data, ImageManifest).shards if s.file == shard.name)
+    assert rewritten(phases, run_dir) == []
+    assert_same_scores(read_scores(run_dir), reference.scores)
+    assert (run_dir / "submission.csv").read_bytes() == reference.submission
+
+    siamese = next(run_dir.glob("phases/04-siamese-*"))
+    (siamese / "embedder.keras").write_bytes((siamese / "embedder.keras").read_bytes()[:1000])
+    flip_a_byte(siamese / "checkpoints" / "epoch-0001.keras")
     untouched = {name: value for name, value in finished_files(run_dir).items()
                  if name.startswith(("phases/00", "phases/01", "phases/02", "phases/03"))}
 
-    output = run_to_end(config, run_dir, prefect_server, run_dir.parent / "repaired.log")
-    assert states(output) == {"ingest": "Completed", "baseline": "Cached", "top": "Cached", "block7a": "Cached",
+    output = run_to_end(config, run_dir, prefect_server, run_dir.parent / "repaired-2.log")
+    assert states(output) == {"ingest": "Cached", "baseline": "Cached", "top": "Cached", "block7a": "Cached",
                               "full": "Cached", "siamese": "Completed", "extraction": "Completed"}
-    for step in ("ingest", "siamese", "extraction"):
-        assert f"{step}: no trustworthy result" in output, step
-    assert "siamese: resumed after epoch 2 from its checkpoint" in output  # its model re-saved, nothing retrained
-    assert sha256_file(shard) == next(s.sha256 for s in read_manifest(data, ImageManifest).shards if s.file == shard.name)
+    assert "siamese: no trustworthy result" in output
+    assert "siamese: resumed after epoch 1 from its checkpoint" in output  # the altered epoch-2 checkpoint was not used
     assert rewritten(untouched, run_dir) == []
     assert_same_scores(read_scores(run_dir), reference.scores)
     assert (run_dir / "submission.csv").read_bytes() == reference.submission

