@@ -18,7 +18,7 @@ import numpy as np
 
 from phases.errors import UnsafeModelError
 from tfrecords.errors import ShardIntegrityError
-from tfrecords.files import sha256_file, storage_error, write_text_atomic
+from tfrecords.files import raise_if_disk_error, sha256_file, write_text_atomic
 
 KEEP = 2  # checkpoints kept per phase: the last, and one in case the last is damaged
 
@@ -40,9 +40,7 @@ def save_model(model: keras.Model, path: Path) -> str:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except Exception as error:
-        disk = storage_error(path, error)
-        if disk is not None:
-            raise disk from error
+        raise_if_disk_error(path, error)
         raise
     finally:
         temporary.unlink(missing_ok=True)

@@ -30,19 +30,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def storage_error(path: str | os.PathLike, error: BaseException) -> StorageError | None:
-    """The StorageError naming `path` when `error` (or its cause) is a disk error, else None.
+def raise_if_disk_error(path: str | os.PathLike, error: BaseException) -> None:
+    """Raise a StorageError naming `path` when `error` (or its cause) is a disk error;
+    return otherwise, for the caller to re-raise `error` as it is.
 
     Libraries that write files (Keras, h5py) may wrap the OSError; its errno is looked
     for along the chain of causes."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
-            return StorageError(
-                f"{path}: could not be written ({os.strerror(error.errno)}); its previous version is kept. "
+    cause = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in _DISK_ERRORS:
+            raise StorageError(
+                f"{path}: could not be written ({os.strerror(cause.errno)}); its previous version is kept. "
                 "Free some space (or raise the limit) and run the same command again to resume"
-            )
-        error = error.__cause__ or error.__context__
-    return None
+            ) from error
+        cause = cause.__cause__ or cause.__context__
 
 
 def temporary_name(path: Path) -> Path:
@@ -70,9 +71,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
-        disk = storage_error(path, error)
-        if disk is not None:
-            raise disk from error
+        raise_if_disk_error(path, error)
         raise
 
 
