@@ -8,6 +8,8 @@ a new run of the same config shows finished steps as Cached and resumes an unfin
 phase from its last epoch checkpoint; changing phase 3 reruns phase 3, phase 4 and the
 extraction. Before trusting a cache hit, the flow checks the folder's record (files
 present, sha256 matching) and has the task recompute when it does not hold.
+
+`compare_runs` (at the end) is `pvs compare` as a flow: runs side by side, as an artifact.
 """
 
 import json
@@ -28,6 +30,7 @@ from phases.config import PipelineConfig
 from phases.errors import ConfigError
 from pipeline import keys
 from pipeline.charts import write_score_chart
+from pipeline.compare import artifact_markdown, read_runs, write_chart
 from pipeline.config_files import load_config
 from pipeline.logs import install_log_filters
 from pipeline.records import Work
@@ -35,6 +38,7 @@ from pipeline.reports import artifact_key, chart_markdown
 from pipeline.run_root import claim_run_root
 from pipeline.runtime import configure_runtime
 from pipeline.scores import ScoreTable, phase_rows
+from pipeline.search import sheet_markdown, write_run_sheet
 from pipeline.tasks import extract_embeddings, ingest_data, score_baseline, train_phase
 from tfrecords.files import sha256_file, write_bytes_atomic, write_text_atomic
 
@@ -129,6 +133,10 @@ def _run_steps(config: PipelineConfig, root: Path, forced: set[str]) -> dict:
     update_progress_artifact(progress, 100.0)
     create_markdown_artifact(chart_markdown(title, root / "scores.png", table.rows), key=artifact_key(name, "score-chart"),
                              description="the leaderboard metric after each phase and epoch")
+    sheet = write_run_sheet(root / "search-sheet.png", Path(extraction["embeddings_dir"]), extraction["split"],
+                            Path(data["data_dir"]))
+    create_markdown_artifact(sheet_markdown(f"{name}: similar items", sheet), key=artifact_key(name, "search-sheet"),
+                             description="a few queries and their nearest index images, by the final model")
     summary = {
         "run_dir": str(root.resolve()),
         "scores": str(table.path.resolve()),
@@ -140,7 +148,19 @@ def _run_steps(config: PipelineConfig, root: Path, forced: set[str]) -> dict:
         "final_model_sha256": previous["model_sha256"],
         "final_split": extraction["split"],
         "final_scores": extraction["scores"],
+        "search_sheet": str(sheet.resolve()),
     }
     write_text_atomic(root / "run.json", json.dumps(summary, indent=1))
     logger.info(f"submission: {submission} ({extraction['split']}: mar_at_10 {extraction['scores']['mar_at_10']:.4f})")
     return summary
+
+
+@flow(name="compare-runs", description="Runs side by side: mar_at_10 per phase, test score, model size, time.")
+def compare_runs(run_dirs: list[str], out_dir: str | None = None) -> dict:
+    """`pvs compare` as a flow: writes OUT_DIR/comparison.png (default: the working folder)
+    and a markdown artifact of the chart and the table. Returns the chart's path."""
+    runs = read_runs([Path(run_dir) for run_dir in run_dirs])
+    chart = write_chart(runs, Path(out_dir or ".") / "comparison.png")
+    create_markdown_artifact(artifact_markdown(runs, chart), key=artifact_key("comparison", *(run.name for run in runs)),
+                             description="mar_at_10 per phase, final test score, model size and training time per run")
+    return {"chart": str(chart.resolve()), "runs": [run.name for run in runs]}

@@ -6,6 +6,7 @@ from `model.weights`. Each epoch: train, score `val` with the backbone's pooled
 features, save a checkpoint, report the row.
 """
 
+import time
 from pathlib import Path
 
 import keras
@@ -14,7 +15,7 @@ from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, s
 from phases.config import ClassificationPhase, PipelineConfig
 from phases.errors import ConfigError
 from phases.model import backbone_of, build_backbone, build_classifier, calibrate_batch_norm, set_trainable
-from phases.scoring import accuracy, embed_split, score_embeddings
+from phases.scoring import accuracy, embed_split, embedding_scores
 from phases.unit import PhaseContext, PhaseResult, check_loss, epoch_seed, seed_everything, seed_model_randomness
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
@@ -37,12 +38,14 @@ def score_split(
     scorer: keras.Model, config: PipelineConfig, data_dir: Path, group: str, labels_of: str | None, verify: bool = True
 ) -> dict:
     """Scores of `group` (val or test) for a scorer (images -> features, or -> [features,
-    probabilities]): retrieval with the features, plus classification accuracy when the
+    probabilities]): retrieval and triplet accuracy with the features, plus classification accuracy when the
     labels are categories (val and test products are never train products)."""
     size, batch = config.data.image_size, config.evaluation.batch_size
     query = embed_split(scorer, data_dir, f"{group}_query", size, batch, verify)
     index = embed_split(scorer, data_dir, f"{group}_index", size, batch, verify)
-    scores = score_embeddings(query, index)
+    scores = embedding_scores(
+        query.vectors, query.product_ids, index.vectors, index.product_ids, config.evaluation.triplet_sample
+    )
     if labels_of == "category_id":
         scores = {f"{group}_accuracy": accuracy([query, index], "category_ids"), **scores}
     return scores
@@ -96,7 +99,7 @@ def run_classification_phase(
     checkpoint = latest_checkpoint(checkpoints)
     if checkpoint is not None:
         model, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
-        set_trainable(model, phase, config.model.freeze_batch_norm)  # the same flags as saved: the optimizer state still fits
+        set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)  # the same flags as saved: the optimizer state still fits
     else:
         if previous is not None:
             # Seeded here: loading draws the seeds of the model's Dropout layers (Keras does
@@ -106,7 +109,7 @@ def run_classification_phase(
             model = load_model(previous[0], previous[1], compile=False)
         else:
             model = initial_classifier(config, context.data_dir, classes)
-        set_trainable(model, phase, config.model.freeze_batch_norm)
+        set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
         model.compile(
             optimizer=keras.optimizers.Adam(phase.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -115,6 +118,7 @@ def run_classification_phase(
         start, rows = 0, []
     scorer = classifier_scorer(model)
     for epoch in range(start, phase.epochs):
+        started = time.perf_counter()
         history = model.fit(
             _training_batches(phase, config, context.data_dir, labels_of, epoch),
             epochs=epoch + 1,
@@ -125,19 +129,27 @@ def run_classification_phase(
         )
         loss = history.history["loss"][-1]
         check_loss(phase.name, epoch, loss, f"Lower the learning rate ({phase.learning_rate}) and run again.")
-        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "accuracy": float(history.history["accuracy"][-1])}
+        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "accuracy": float(history.history["accuracy"][-1]),
+               "train_seconds": round(time.perf_counter() - started, 3)}
         row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, labels_of, verify=False))
         rows.append(row)
         save_checkpoint(checkpoints, epoch, model, {"rows": rows})
         context.report(row)
-    model_path = context.work_dir / "model.keras"
+    return finish_phase(phase.name, config, context, model, "model.keras", (scorer, labels_of), rows, checkpoint)
+
+
+def finish_phase(name: str, config: PipelineConfig, context: PhaseContext, model: keras.Model, file_name: str,
+                 scoring: tuple[keras.Model, str | None], rows: list[dict], checkpoint) -> PhaseResult:
+    """Save a trained phase's final model in its work folder and score the final split with
+    `scoring` (a scorer and the labels it classifies, as `score_split` takes them)."""
+    model_path = context.work_dir / file_name
     digest = save_model(model, model_path)
     final_group = config.evaluation.final_split
     final_scores = None
-    if manifest.has_queries(final_group):
-        final_scores = score_split(scorer, config, context.data_dir, final_group, labels_of, verify=False)
+    if read_manifest(context.data_dir, ImageManifest).has_queries(final_group):
+        final_scores = score_split(scoring[0], config, context.data_dir, final_group, scoring[1], verify=False)
     return PhaseResult(
-        name=phase.name,
+        name=name,
         model_path=model_path,
         model_sha256=digest,
         rows=rows,

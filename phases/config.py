@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
+from phases.architectures import ARCHITECTURES, LAYER_GROUPS, starts_a_layer
 from tfrecords.options import IngestOptions
 
 
@@ -29,20 +30,15 @@ class DataConfig(Section):
     ingest: IngestOptions = IngestOptions()
 
 
-# Where `unfreeze_from` may start training, in each backbone's layer order: the layer-name
-# prefixes of its stem, its blocks (as `phases.model.block_names` lists them from a built
-# model; tests/test_model.py checks the two agree) and its top. Known here, so that a typo
-# is refused when the config loads, not when its phase starts hours into a run.
-LAYER_GROUPS = {
-    "EfficientNetB0": (
-        "stem", "block1a", "block2a", "block2b", "block3a", "block3b", "block4a", "block4b", "block4c",
-        "block5a", "block5b", "block5c", "block6a", "block6b", "block6c", "block6d", "block7a", "top",
-    ),
-}
-
-
 class ModelConfig(Section):
-    architecture: Literal["EfficientNetB0"] = "EfficientNetB0"
+    # A backbone of `keras.applications` without its top, average-pooled: EfficientNetB0-B3,
+    # MobileNetV2, MobileNetV3Small/Large, VGG16 or ResNet50 (`pvs configs` lists a config of each).
+    architecture: Literal[ARCHITECTURES] = "EfficientNetB0"
+    # MILDNet's multi-scale features: the global-average-pooled outputs of these blocks
+    # (group names as `unfreeze_from` takes them, e.g. block3b) are concatenated with the
+    # final pooled features, so colour and texture from early blocks reach the embedding.
+    # Empty: the final features only, as in the seed.
+    feature_blocks: list[str] = []
     # `imagenet` (Keras downloads and caches it; needs the internet once), `none`
     # (random initialisation: offline machines, tests), or a path to a
     # `.weights.h5` file of the same architecture.
@@ -82,12 +78,16 @@ class ClassificationPhase(Section):
 
     @model_validator(mode="after")
     def _prefix_given_when_needed(self):
-        if (self.unfreeze == "from") != (self.unfreeze_from is not None):
-            raise ValueError(
-                f"phase {self.name!r}: unfreeze_from is needed with unfreeze: from, and only then "
-                f"(got unfreeze: {self.unfreeze}, unfreeze_from: {self.unfreeze_from!r})"
-            )
+        _check_unfreeze(self)
         return self
+
+
+def _check_unfreeze(phase) -> None:
+    if (phase.unfreeze == "from") != (phase.unfreeze_from is not None):
+        raise ValueError(
+            f"phase {phase.name!r}: unfreeze_from is needed with unfreeze: from, and only then "
+            f"(got unfreeze: {phase.unfreeze}, unfreeze_from: {phase.unfreeze_from!r})"
+        )
 
 
 class MarginStep(Section):
@@ -98,17 +98,32 @@ class MarginStep(Section):
     epochs: PositiveInt
 
 
-class SiamesePhase(Section):
-    """A projection trained on cached backbone features with a triplet loss."""
+class MultiSimilarityOptions(Section):
+    """Multi-similarity loss (Wang et al. 2019); its mining margin is the schedule's margin."""
 
-    kind: Literal["siamese"] = "siamese"
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    alpha: PositiveFloat = 2.0  # weight of positive pairs' similarity
+    beta: PositiveFloat = 50.0  # weight of negative pairs' similarity
+    threshold: float = Field(0.5, gt=-1, lt=1)  # the similarity that separates pulling from pushing (lambda)
+
+
+class MetricLearning(Section):
+    """What the two embedding phases share: the head, the loss, its schedule, the batches."""
+
+    # The embedding head: `dense` (Dense(projection_dim) then L2 normalisation, the seed's
+    # projection) or `mildnet` (Dense(hidden_dim, relu), Dropout(head_dropout),
+    # Dense(projection_dim), L2 normalisation, as MILDNet's).
+    head: Literal["dense", "mildnet"] = "dense"
     projection_dim: PositiveInt = 512
-    # What shares a label: `view` (the six augmented views of one source image, as in
-    # the seed) or `product` (every view of every image of one product).
+    hidden_dim: PositiveInt = 1024
+    head_dropout: float = Field(0.5, ge=0, lt=1)
+    # What shares a label: `view` (the augmented views of one source image, as in the
+    # seed) or `product` (every view of every image of one product).
     labels: Literal["view", "product"] = "view"
-    loss: Literal["triplet_semihard", "triplet_hard", "contrastive"] = "triplet_semihard"
+    loss: Literal["triplet_semihard", "triplet_hard", "contrastive", "multi_similarity"] = "triplet_semihard"
+    # Distances of the triplet and contrastive losses; multi-similarity works on cosine
+    # similarity, so it takes `angular` only.
     distance_metric: Literal["L2", "squared-L2", "angular"] = "angular"
+    multi_similarity: MultiSimilarityOptions = MultiSimilarityOptions()
     margin_schedule: list[MarginStep] = Field(min_length=1)
     # Batches hold `labels_per_batch` labels x `views_per_label` members each, so
     # every anchor has positives (a random batch of a million images has almost none).
@@ -119,8 +134,51 @@ class SiamesePhase(Section):
     def epochs(self) -> int:
         return sum(step.epochs for step in self.margin_schedule)
 
+    def step(self, epoch: int) -> MarginStep:
+        """The margin-schedule step that `epoch` (0-based, over the whole phase) belongs to."""
+        end = 0
+        for step in self.margin_schedule:
+            end += step.epochs
+            if epoch < end:
+                return step
+        raise ValueError(f"phase {self.name!r} has {self.epochs} epochs; there is no epoch {epoch + 1}")
 
-Phase = Annotated[ClassificationPhase | SiamesePhase, Field(discriminator="kind")]
+    @model_validator(mode="after")
+    def _loss_fits_the_metric(self):
+        if self.loss == "multi_similarity" and self.distance_metric != "angular":
+            raise ValueError(
+                f"phase {self.name!r}: multi_similarity works on cosine similarity; set distance_metric: angular "
+                f"(got {self.distance_metric})"
+            )
+        return self
+
+
+class SiamesePhase(MetricLearning):
+    """A projection trained on cached backbone features with a metric loss (the seed's phase 4)."""
+
+    kind: Literal["siamese"] = "siamese"
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+
+
+class EndToEndPhase(MetricLearning):
+    """The backbone and an embedding head trained together on images with a metric loss
+    (MILDNet's training). Each batch holds `labels_per_batch` images x `views_per_label`
+    of their six augmented views; with `labels: product`, views of two images of one
+    product in a batch share a label too."""
+
+    kind: Literal["end_to_end"] = "end_to_end"
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    unfreeze: Literal["none", "from", "all"] = "all"
+    unfreeze_from: str | None = None
+    views_per_label: int = Field(2, ge=2, le=6)
+
+    @model_validator(mode="after")
+    def _prefix_given_when_needed(self):
+        _check_unfreeze(self)
+        return self
+
+
+Phase = Annotated[ClassificationPhase | SiamesePhase | EndToEndPhase, Field(discriminator="kind")]
 
 
 class EvaluationConfig(Section):
@@ -130,6 +188,9 @@ class EvaluationConfig(Section):
     final_split: Literal["val", "test"] = "test"
     # Images per embedding batch when scoring (inference only: larger than training).
     batch_size: int = Field(128, ge=1)
+    # MILDNet's triplet accuracy is scored on at most this many query and index images
+    # (a seeded sample): it compares every positive pair with every negative, O(n^2).
+    triplet_sample: int = Field(2000, ge=3)
 
 
 class RuntimeConfig(Section):
@@ -137,6 +198,11 @@ class RuntimeConfig(Section):
     # Seeds plus TensorFlow op determinism: the same run gives the same weights and
     # scores, and a resumed phase ends as an uninterrupted one. Slower on GPUs.
     deterministic: bool = False
+    # Run Keras' train and predict steps eagerly, without tf.function: no tracing
+    # (EfficientNetB0's train step takes ~20 s to trace on 2 CPU cores), but each step
+    # is several times slower. For debugging and tiny smoke runs (the test suite runs
+    # every named config this way); never for real data.
+    eager: bool = False
 
 
 class PipelineConfig(Section):
@@ -157,26 +223,27 @@ class PipelineConfig(Section):
             raise ValueError(f"phase names must be unique; repeated: {', '.join(repeated)}")
         if "baseline" in names:
             raise ValueError("'baseline' is the name of the row scored before any phase; rename that phase")
-        kinds = [phase.kind for phase in self.phases]
-        if "siamese" in kinds and ("classification" in kinds[kinds.index("siamese"):] or kinds.count("siamese") > 1):
+        embedding = [number for number, phase in enumerate(self.phases) if phase.kind != "classification"]
+        if embedding and embedding != [len(self.phases) - 1]:
             raise ValueError(
-                "the siamese phase trains on features of the final backbone: keep one, after every classification phase"
+                "a siamese or end_to_end phase trains the final embedding: keep one, as the last phase"
             )
         groups = LAYER_GROUPS[self.model.architecture]
         for phase in self.phases:
             prefix = getattr(phase, "unfreeze_from", None)
-            if prefix is not None and not _starts_a_layer(prefix, groups):
+            if prefix is not None and not starts_a_layer(prefix, self.model.architecture):
                 raise ValueError(
                     f"phases.{phase.name}.unfreeze_from: {prefix!r} starts no layer of {self.model.architecture}; "
-                    f"give one of {', '.join(groups)} (or a layer name inside one, e.g. {groups[-2]}_expand_conv)"
+                    f"give one of {', '.join(groups)} (or a layer name inside one, e.g. {groups[-2]}_ and a layer's name)"
                 )
+        unknown = [block for block in self.model.feature_blocks if block not in groups]
+        if unknown:
+            raise ValueError(
+                f"model.feature_blocks: {', '.join(map(repr, unknown))} is no block of {self.model.architecture}; "
+                f"its blocks are {', '.join(groups)}"
+            )
         return self
 
-    def phase(self, name: str) -> ClassificationPhase | SiamesePhase:
+    def phase(self, name: str) -> ClassificationPhase | SiamesePhase | EndToEndPhase:
         return next(phase for phase in self.phases if phase.name == name)
 
-
-def _starts_a_layer(prefix: str, groups: tuple[str, ...]) -> bool:
-    """Whether `prefix` begins a group's name (`block6` -> block6a) or a layer inside a group
-    (`block7a_expand_conv`; that layer's existence is checked when the model is built)."""
-    return bool(prefix) and any(group.startswith(prefix) or prefix.startswith(f"{group}_") for group in groups)

@@ -14,7 +14,7 @@ from pathlib import Path
 from phases.checkpoints import load_model
 from phases.config import PipelineConfig
 from phases.metrics import nearest_neighbours
-from phases.scoring import embed_split, score_embeddings
+from phases.scoring import embed_split, embedding_scores
 from tfrecords.embeddings import EmbeddingWriter
 from tfrecords.files import write_text_atomic
 from tfrecords.manifest import ImageManifest, read_manifest
@@ -52,4 +52,7 @@ def extract(model_path: Path, model_sha256: str, config: PipelineConfig, data_di
         table.writerow([query_id.decode(), " ".join(index.image_ids[i].decode() for i in row)])
     submission = out_dir / "submission.csv"
     write_text_atomic(submission, text.getvalue())
-    return ExtractionResult(split=group, embeddings_dir=embeddings_dir, submission_path=submission, scores=score_embeddings(query, index))
+    scores = embedding_scores(
+        query.vectors, query.product_ids, index.vectors, index.product_ids, config.evaluation.triplet_sample
+    )
+    return ExtractionResult(split=group, embeddings_dir=embeddings_dir, submission_path=submission, scores=scores)

@@ -284,3 +284,17 @@ class ContrastiveLoss(_BatchLoss):
 
     def __init__(self, margin=1.0, distance_metric="L2", name="contrastive_loss"):
         super().__init__(margin, distance_metric, name)
+
+
+def make_loss(phase, margin: float) -> keras.losses.Loss:
+    """The Keras loss an embedding phase (`phases.config.MetricLearning`) configures, at `margin`."""
+    if phase.loss == "triplet_semihard":
+        return TripletSemiHardLoss(margin=margin, distance_metric=phase.distance_metric)
+    if phase.loss == "triplet_hard":
+        return TripletHardLoss(margin=margin, distance_metric=phase.distance_metric)
+    if phase.loss == "multi_similarity":
+        from phases.multi_similarity import MultiSimilarityLoss  # it imports this module's helpers
+
+        options = phase.multi_similarity
+        return MultiSimilarityLoss(margin=margin, alpha=options.alpha, beta=options.beta, threshold=options.threshold)
+    return ContrastiveLoss(margin=margin, distance_metric=phase.distance_metric)

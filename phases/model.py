@@ -1,26 +1,32 @@
 """Models of the recipe: the backbone, the classification head, the projection.
 
-* backbone: `keras.applications.EfficientNetB0(include_top=False, pooling="avg")`,
-  images float32 [batch, size, size, 3] in [0, 255] -> features [batch, 1280];
+* backbone: `keras.applications.<architecture>(include_top=False, pooling="avg")`,
+  images float32 [batch, size, size, 3] in [0, 255] RGB -> features [batch, dim]
+  (EfficientNetB0: 1280), after the architecture's own preprocessing; with
+  `feature_blocks`, MILDNet's multi-scale features: the pooled outputs of those
+  blocks concatenated with the final pooled features;
 * classifier (phases 1-3): backbone -> BatchNormalization -> Dropout -> Dense(softmax);
-* projection (phase 4): features [batch, 1280] -> Dense(512) -> L2 normalisation;
+* projection (embedding phases): features -> Dense(projection_dim) -> L2 normalisation,
+  or MILDNet's head: Dense(hidden, relu) -> Dropout -> Dense(projection_dim) -> L2;
 * embedder (extraction): backbone -> projection, or the backbone alone.
 
 Only serialisable Keras layers are used (no Lambda), so saved models load in
 Keras safe mode.
 """
 
-import re
 import warnings
 from pathlib import Path
 
 import keras
 
-from phases.config import ClassificationPhase, ModelConfig
+from phases.architectures import PREPROCESSING, layer_group
+from phases.config import ClassificationPhase, EndToEndPhase, ModelConfig
 from phases.errors import ConfigError
+from phases.layers import CaffePreprocessing
 
 BACKBONE_NAME = "backbone"
-FEATURE_DIM = {"EfficientNetB0": 1280}
+# Layers that are not the backbone's: the classifier's head and the embedding projection.
+HEAD_LAYERS = frozenset({"head_batch_norm", "head_dropout", "head_classes", "projection"})
 
 
 def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
@@ -29,11 +35,12 @@ def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise ConfigError(f"model.weights: {weights!r} is neither 'imagenet', 'none' nor an existing weights file")
     constructor = getattr(keras.applications, config.architecture)
+    images = keras.Input((image_size, image_size, 3), name="images")
     backbone = constructor(
         include_top=False,
         pooling="avg",
         weights="imagenet" if weights == "imagenet" else None,
-        input_shape=(image_size, image_size, 3),
+        input_tensor=_preprocessed(images, config.architecture),
         name=BACKBONE_NAME,
     )
     if weights not in ("imagenet", "none"):
@@ -48,7 +55,31 @@ def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
                 f"model.weights: {weights} does not fit {config.architecture} without its top ({reason}); give a "
                 f".weights.h5 file saved from {config.architecture}(include_top=False), or 'imagenet' or 'none'"
             ) from None
-    return backbone
+    if config.feature_blocks:
+        return _with_block_features(backbone, config.architecture, config.feature_blocks)
+    # The application takes its inputs as a list (it was given a tensor): one input instead.
+    return keras.Model(images, backbone.output, name=BACKBONE_NAME)
+
+
+def _preprocessed(images, architecture: str):
+    """[0, 255] RGB images as the architecture's first layer expects them (real layers, no Lambda)."""
+    kind = PREPROCESSING[architecture]
+    if kind == "tanh_range":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess_rescaling")(images)
+    if kind == "caffe":
+        return CaffePreprocessing(name="preprocess_caffe")(images)
+    return images
+
+
+def _with_block_features(backbone: keras.Model, architecture: str, blocks: list[str]) -> keras.Model:
+    """MILDNet's multi-scale features: each block's output (its last layer) global-average
+    pooled, concatenated with the backbone's own pooled features, in the config's order."""
+    pooled = []
+    for block in blocks:
+        last = [layer for layer in backbone.layers if layer_group(architecture, layer.name) == block][-1]
+        pooled.append(keras.layers.GlobalAveragePooling2D(name=f"features_pool_{block}")(last.output))
+    features = keras.layers.Concatenate(name="features_concat")([*pooled, backbone.output])
+    return keras.Model(backbone.inputs[0], features, name=BACKBONE_NAME)
 
 
 def calibrate_batch_norm(backbone: keras.Model, batches) -> int:
@@ -88,27 +119,31 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer("head_batch_norm").input, name=BACKBONE_NAME)
 
 
-def block_names(backbone: keras.Model) -> list[str]:
-    """The block prefixes of a backbone's layers in order (e.g. block1a ... block7a)."""
+def block_names(backbone: keras.Model, architecture: str = "EfficientNetB0") -> list[str]:
+    """The groups of a backbone's layers in order (EfficientNetB0: stem, block1a ... block7a, top)."""
     names = []
     for layer in backbone.layers:
-        match = re.match(r"^(block\d+[a-z])_", layer.name)
-        if match and match.group(1) not in names:
-            names.append(match.group(1))
+        group = layer_group(architecture, layer.name)
+        if group and group not in names:
+            names.append(group)
     return names
 
 
-def set_trainable(model: keras.Model, phase: ClassificationPhase, freeze_batch_norm: bool = True) -> list[str]:
+def set_trainable(
+    model: keras.Model,
+    phase: ClassificationPhase | EndToEndPhase,
+    freeze_batch_norm: bool = True,
+    architecture: str = "EfficientNetB0",
+) -> list[str]:
     """Make the phase's layers trainable; returns the names of the trainable layers.
 
-    The head always trains. Backbone layers train from the first layer whose name
+    The head (the classifier's, or the embedding projection) always trains. Backbone layers train from the first layer whose name
     starts with `phase.unfreeze_from` (or all of them, or none), except
     BatchNormalization layers, which stay frozen when `freeze_batch_norm` (the
     seed's choice): in Keras 3 a frozen BatchNormalization also runs in inference
     mode, so its ImageNet statistics are kept.
     """
-    head = {"head_batch_norm", "head_dropout", "head_classes"}
-    backbone_layers = [layer for layer in model.layers if layer.name not in head]
+    backbone_layers = [layer for layer in model.layers if layer.name not in HEAD_LAYERS]
     if phase.unfreeze == "none":
         start = len(backbone_layers)
     elif phase.unfreeze == "all":
@@ -118,7 +153,7 @@ def set_trainable(model: keras.Model, phase: ClassificationPhase, freeze_batch_n
         if start is None:
             raise ConfigError(
                 f"phase {phase.name!r}: unfreeze_from {phase.unfreeze_from!r} matches no layer; "
-                f"valid blocks: {', '.join(block_names(model))}"
+                f"valid blocks: {', '.join(block_names(model, architecture))}"
             )
     model.trainable = True
     for position, layer in enumerate(backbone_layers):
@@ -127,10 +162,21 @@ def set_trainable(model: keras.Model, phase: ClassificationPhase, freeze_batch_n
     return [layer.name for layer in model.layers if layer.trainable and layer.weights]
 
 
-def build_projection(input_dim: int, projection_dim: int) -> keras.Model:
-    """Phase 4's head: Dense(projection_dim) then L2 normalisation (a real layer, not a Lambda)."""
+def build_projection(
+    input_dim: int, projection_dim: int, head: str = "dense", hidden_dim: int = 1024, dropout: float = 0.5
+) -> keras.Model:
+    """The embedding head: features [batch, input_dim] -> unit vectors [batch, projection_dim].
+
+    `dense`: Dense(projection_dim) then L2 normalisation (the seed's phase 4);
+    `mildnet`: Dense(hidden_dim, relu), Dropout(dropout), Dense(projection_dim), L2
+    normalisation (MILDNet's head). The normalisation is a real layer, not a Lambda.
+    """
     features = keras.Input((input_dim,), name="features")
-    projected = keras.layers.Dense(projection_dim, name="projection_dense")(features)
+    hidden = features
+    if head == "mildnet":
+        hidden = keras.layers.Dense(hidden_dim, activation="relu", name="projection_hidden")(hidden)
+        hidden = keras.layers.Dropout(dropout, name="projection_dropout")(hidden)
+    projected = keras.layers.Dense(projection_dim, name="projection_dense")(hidden)
     embedding = keras.layers.UnitNormalization(axis=-1, name="projection_l2")(projected)
     return keras.Model(features, embedding, name="projection")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from phases.metrics import retrieval_scores
+from phases.metrics import retrieval_scores, triplet_accuracy
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_images
 
@@ -50,9 +50,43 @@ def embed_split(
     )
 
 
-def score_embeddings(query: SplitEmbeddings, index: SplitEmbeddings) -> dict[str, float]:
-    """Retrieval scores of query against index, labels being the product ids."""
-    return retrieval_scores(query.vectors, query.product_ids, index.vectors, index.product_ids)
+def embedding_scores(query_vectors, query_labels, index_vectors, index_labels, triplet_sample: int) -> dict[str, float]:
+    """Retrieval scores of query against index, plus the triplet accuracy of both together.
+
+    Args:
+        query_vectors, index_vectors: [n_query, dim] and [n_index, dim] embeddings.
+        query_labels, index_labels: [n_query] and [n_index] product ids.
+        triplet_sample: most items `triplet_accuracy` is computed on (`evaluation.triplet_sample`).
+
+    Returns:
+        `retrieval_scores`' dict, then `triplet_accuracy` (angular distance, as the
+        retrieval's cosine) on `triplet_sample_rows` of the query and index items
+        together; left out when that sample has no valid triplet.
+    """
+    scores = retrieval_scores(query_vectors, query_labels, index_vectors, index_labels)
+    labels = np.concatenate([np.asarray(query_labels), np.asarray(index_labels)])
+    rows = triplet_sample_rows(labels, triplet_sample)
+    vectors = np.concatenate([np.asarray(query_vectors), np.asarray(index_vectors)])[rows]
+    triplet = triplet_accuracy(labels[rows], vectors, "angular")
+    if not np.isnan(triplet):
+        scores["triplet_accuracy"] = triplet
+    return scores
+
+
+def triplet_sample_rows(labels: np.ndarray, limit: int) -> np.ndarray:
+    """Increasing rows of at most `limit` items: all of them when they fit, else whole products.
+
+    Products are taken in a fixed random order (seed 0, so every epoch and run scores
+    the same items) while their items fit. Whole products, not single items: a uniform
+    sample of 2,000 of 100,000 index images would hold almost no two images of one
+    product, hence almost no valid triplet. Triplet accuracy costs O(limit^2 log limit).
+    """
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    _, product_of_row, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(0).permutation(len(sizes))
+    taken = order[np.cumsum(sizes[order]) <= limit]
+    return np.flatnonzero(np.isin(product_of_row, taken))
 
 
 def accuracy(splits: list[SplitEmbeddings], labels_of: str) -> float | None:

@@ -11,6 +11,7 @@ previous phase's model, then a new backbone.
 """
 
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -19,10 +20,9 @@ import numpy as np
 from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
 from phases.classification import class_labels, initial_classifier
 from phases.config import PipelineConfig, SiamesePhase
-from phases.losses import ContrastiveLoss, TripletHardLoss, TripletSemiHardLoss
-from phases.metrics import retrieval_scores
+from phases.losses import make_loss
 from phases.model import backbone_of, build_embedder, build_projection
-from phases.scoring import embed_split
+from phases.scoring import embed_split, embedding_scores
 from phases.unit import PhaseContext, PhaseResult, check_loss, epoch_seed, seed_model_randomness
 from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
 from tfrecords.errors import ManifestError
@@ -62,20 +62,6 @@ class LabelBalancedBatches(keras.utils.PyDataset):
         return self.features[rows], self.labels[rows]
 
 
-def make_loss(phase: SiamesePhase, margin: float) -> keras.losses.Loss:
-    if phase.loss == "triplet_semihard":
-        return TripletSemiHardLoss(margin=margin, distance_metric=phase.distance_metric)
-    if phase.loss == "triplet_hard":
-        return TripletHardLoss(margin=margin, distance_metric=phase.distance_metric)
-    return ContrastiveLoss(margin=margin, distance_metric=phase.distance_metric)
-
-
-def schedule_step(phase: SiamesePhase, epoch: int):
-    """The margin-schedule step that epoch `epoch` (0-based, over the whole phase) belongs to."""
-    ends = np.cumsum([step.epochs for step in phase.margin_schedule])
-    return phase.margin_schedule[int(np.searchsorted(ends, epoch, side="right"))]
-
-
 def cache_features(backbone: keras.Model, backbone_sha256: str, config: PipelineConfig, data_dir: Path, folder: Path) -> Path:
     """Backbone features of the six views of every train image and of the eval splits.
 
@@ -113,13 +99,16 @@ def load_group(features: Path, group: str) -> tuple[EmbeddingArrays, EmbeddingAr
     return load_embeddings(features, f"{group}_query"), load_embeddings(features, f"{group}_index")
 
 
-def project_scores(projection: keras.Model, query: EmbeddingArrays, index: EmbeddingArrays) -> dict:
-    """Retrieval scores of the projected query features against the projected index features."""
-    return retrieval_scores(
+def project_scores(
+    projection: keras.Model, query: EmbeddingArrays, index: EmbeddingArrays, triplet_sample: int
+) -> dict:
+    """Retrieval scores and triplet accuracy (`embedding_scores`) of the projected query and index features."""
+    return embedding_scores(
         projection.predict(query.vectors, verbose=0, batch_size=4096),
         query.product_ids,
         projection.predict(index.vectors, verbose=0, batch_size=4096),
         index.product_ids,
+        triplet_sample,
     )
 
 
@@ -149,11 +138,11 @@ def run_siamese_phase(
         # Seeded here: the projection's initial weights must not depend on what ran
         # before in this process (a run that reused phases 1-3 draws the same ones).
         seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
-        projection = build_projection(train.vectors.shape[1], phase.projection_dim)
+        projection = build_projection(train.vectors.shape[1], phase.projection_dim, phase.head, phase.hidden_dim, phase.head_dropout)
         projection.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin))
         start, rows = 0, []
     for epoch in range(start, phase.epochs):
-        step = schedule_step(phase, epoch)
+        step = phase.step(epoch)
         projection.loss.margin = step.margin
         projection.optimizer.learning_rate.assign(step.learning_rate)
         batches = LabelBalancedBatches(
@@ -161,6 +150,7 @@ def run_siamese_phase(
         )
         # shuffle=False: the sampler already orders batches by this epoch's seed; Keras would
         # reshuffle them with the global RNG, which a resumed process does not share.
+        started = time.perf_counter()
         history = projection.fit(
             batches,
             epochs=epoch + 1,
@@ -171,8 +161,9 @@ def run_siamese_phase(
         )
         loss = history.history["loss"][-1]
         check_loss(phase.name, epoch, loss, f"Lower this epoch's learning rate ({step.learning_rate}) and run again.")
-        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin, "learning_rate": step.learning_rate}
-        row.update(project_scores(projection, *evaluation))
+        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin,
+               "learning_rate": step.learning_rate, "train_seconds": round(time.perf_counter() - started, 3)}
+        row.update(project_scores(projection, *evaluation, config.evaluation.triplet_sample))
         rows.append(row)
         save_checkpoint(checkpoints, epoch, projection, {"rows": rows})
         context.report(row)
@@ -182,7 +173,7 @@ def run_siamese_phase(
     final_group = config.evaluation.final_split
     final_scores = None
     if read_manifest(context.data_dir, ImageManifest).has_queries(final_group):
-        final_scores = project_scores(projection, *load_group(features, final_group))
+        final_scores = project_scores(projection, *load_group(features, final_group), config.evaluation.triplet_sample)
     return PhaseResult(
         name=phase.name,
         model_path=embedder_path,

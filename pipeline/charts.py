@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.reports import phase_order
 from tfrecords.files import write_bytes_atomic  # noqa: E402
 
 
@@ -24,10 +25,15 @@ def write_score_chart(rows: list[dict], out_path: Path, metric: str = "mar_at_10
     return save_figure(figure, out_path)
 
 
-def write_comparison_chart(runs: dict[str, list[dict]], out_path: Path, metric: str = "mar_at_10") -> Path:
-    """Several runs side by side: per run, the metric after each phase (its last epoch)."""
-    phases = list(dict.fromkeys(row["phase"] for rows in runs.values() for row in rows))
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.1 * len(phases) + 2), 3.6))
+def write_comparison_chart(runs: dict[str, list[dict]], out_path: Path, metric: str = "mar_at_10",
+                           sizes: dict[str, tuple[float, float]] | None = None) -> Path:
+    """Several runs side by side: per run, the metric after each phase (its last epoch).
+    With `sizes` ({run: (final model MB, final test metric)}), a second panel plots each
+    run's test score against its model size, as MILDNet compared its models."""
+    phases = phase_order(list(runs.values()))
+    width = max(5.0, 1.1 * len(phases) + 2)
+    figure, axes = plt.subplots(1, 2 if sizes else 1, figsize=(width + (4.5 if sizes else 0), 3.6), squeeze=False)
+    axis = axes[0][0]
     colours = plt.get_cmap("tab10")
     for number, (name, rows) in enumerate(runs.items()):
         final = {row["phase"]: float(row[metric]) for row in rows}  # later rows win: the phase's last epoch
@@ -37,7 +43,22 @@ def write_comparison_chart(runs: dict[str, list[dict]], out_path: Path, metric: 
     axis.set_xticks(range(len(phases)), phases, fontsize=8)
     top = max((float(row[metric]) for rows in runs.values() for row in rows), default=0.0)
     _finish(axis, metric, top, f"{metric} at the end of each phase")
+    if sizes:
+        _size_panel(axes[0][1], sizes, {name: colours(number % 10) for number, name in enumerate(runs)}, metric)
     return save_figure(figure, out_path)
+
+
+def _size_panel(axis, sizes: dict[str, tuple[float, float]], colours: dict, metric: str) -> None:
+    """Each run's final test score against its model size, labelled with the run's name."""
+    for name, (megabytes, score) in sizes.items():
+        axis.scatter([megabytes], [score], color=colours[name])
+        axis.annotate(name, (megabytes, score), textcoords="offset points", xytext=(5, 5), fontsize=7, color=colours[name])
+    axis.set_xlim(0, max(megabytes for megabytes, _ in sizes.values()) * 1.3)  # from 0, with room for the labels
+    _y_from_zero(axis, max(score for _, score in sizes.values()))
+    axis.set_xlabel("final model (MB)")
+    axis.set_ylabel(f"test {metric}")
+    axis.set_title(f"final test {metric} against model size", fontsize=9)
+    axis.grid(alpha=0.3)
 
 
 def _labelled_line(axis, positions: list[int], values: list[float], label: str, colour, label_colour=None) -> None:
@@ -50,10 +71,14 @@ def _labelled_line(axis, positions: list[int], values: list[float], label: str, 
 
 def _finish(axis, metric: str, top: float, title: str) -> None:
     axis.set_ylabel(metric)
-    axis.set_ylim(0, min(1.0, top * 1.2) if top > 0 else 1.0)  # from 0: small moves stay small
+    _y_from_zero(axis, top)
     axis.set_title(title, fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="best")
+
+
+def _y_from_zero(axis, top: float) -> None:
+    axis.set_ylim(0, min(1.0, top * 1.2) if top > 0 else 1.0)  # from 0: small moves stay small
 
 
 def save_figure(figure, out_path: str | Path) -> Path:

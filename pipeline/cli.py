@@ -8,9 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
 from pydantic import ValidationError
 
+import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
 from pipeline.redaction import redact
 from tfrecords.errors import UserError
 
@@ -27,6 +27,16 @@ def _size(text: str) -> int:
         return int(float(cleaned))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 128MB, 500k or 1000000") from None
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("data_dir", type=Path)
     preview.add_argument("--out", type=Path, default=None, help="PNG path (default DATA_DIR/preview.png)")
     preview.add_argument("--image-size", type=int, default=96)
+
+    search = commands.add_parser("search", help="the index items most similar to images, with a run's final model")
+    search.add_argument("images", type=Path, metavar="IMAGE_OR_FOLDER",
+                        help="an image, or a folder searched recursively")
+    search.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="RUN_DIR",
+                        help="a run folder written by `pvs run`; its final split's index is searched")
+    search.add_argument("--top", type=_at_least_one, default=10, help="results per image (default 10)")
+    search.add_argument("--sheet", type=Path, default=None, help="also draw the results as a contact sheet (PNG)")
+
     run = commands.add_parser("run", help="train: ingestion, baseline, the phases and extraction (resumable)")
     run.add_argument("--config", type=Path, required=True, help="a YAML file, e.g. configs/demo.yaml")
     run.add_argument("--run-dir", type=Path, default=None, help="default runs/<config name>")
@@ -67,10 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", nargs="+", default=[], metavar="STEP",
                      help="recompute these steps: ingest, baseline, a phase name, extraction")
 
+    commands.add_parser("configs", help="list the named configs of the library (configs/) and what each is for")
+
     report = commands.add_parser("report", help="the leaderboard of one or more runs, and their chart")
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     report.add_argument("--chart", type=Path, default=None,
                         help="PNG path (default RUN_DIR/report.png for one run, ./comparison.png for several)")
+
+    compare = commands.add_parser("compare", help="runs side by side: scores per phase, test score, model size, time")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--chart", type=Path, default=Path("comparison.png"), help="PNG path (default ./comparison.png)")
+    compare.add_argument("--table", type=Path, default=None, help="also write the table as markdown to this file")
     return parser
 
 
@@ -98,12 +124,9 @@ def _run(args) -> None:
 
 def _report(args) -> None:
     from pipeline.charts import write_comparison_chart, write_score_chart
-    from pipeline.reports import leaderboard, read_scores, render_leaderboard
+    from pipeline.reports import leaderboard, read_scores, render_leaderboard, run_names
 
-    runs = {}
-    for run_dir in args.run_dirs:
-        name = run_dir.resolve().name
-        runs[name if name not in runs else str(run_dir)] = read_scores(run_dir)
+    runs = {name: read_scores(run_dir) for run_dir, name in zip(args.run_dirs, run_names(args.run_dirs))}
     for name, rows in runs.items():
         print(render_leaderboard(name, leaderboard(rows)))
         print()
@@ -112,6 +135,34 @@ def _report(args) -> None:
     else:
         chart = write_comparison_chart(runs, args.chart or Path("comparison.png"))
     print(f"chart: {chart}")
+
+
+def _configs(args) -> None:
+    from pipeline.config_files import library, library_configs, load_config
+
+    configs = sorted(library_configs(), key=lambda item: ("/" in item[0], item[0]))  # the main ones first
+    width = max(len(name) for name, _ in configs)
+    group = None
+    for name, _ in configs:
+        folder = name.rpartition("/")[0]
+        if folder != group:
+            group = folder
+            print(f"{folder or 'main'}:")
+        print(f"  {name:<{width}}  {load_config(name).description}")
+    print(f"\n{len(configs)} configs in {library()}; run one with: pvs run --config NAME [--set data.source=...]")
+
+
+def _compare(args) -> None:
+    from pipeline.compare import CAPTION, read_runs, render_markdown, render_text, write_chart
+    from tfrecords.files import write_text_atomic
+
+    runs = read_runs(args.run_dirs)
+    print(f"{CAPTION}:\n")
+    print(render_text(runs))
+    print(f"\nchart: {write_chart(runs, args.chart)}")
+    if args.table:
+        write_text_atomic(args.table, render_markdown(runs))
+        print(f"table: {args.table}")
 
 
 def _demo_data(args) -> None:
@@ -159,8 +210,23 @@ def _preview(args) -> None:
     print(f"wrote {out}")
 
 
+def _search(args) -> None:
+    from pipeline.search import draw, embed, find_images, open_run, read_queries, render, search
+
+    run = open_run(args.run_dir)
+    queries = read_queries(find_images(args.images), run.index)
+    results = search(run.index, embed(run, queries), args.top)
+    count = len(run.index.items.vectors)
+    print(f"{len(queries)} image(s) searched in the {count} {run.index.split}_index images of {args.run_dir}\n")
+    print(render(queries, results, run.index))
+    if args.sheet:
+        print(f"\nsheet: {draw(args.sheet, queries, results, run.index)}")
+
+
 COMMANDS = {
-    "demo-data": _demo_data, "ingest": _ingest, "verify": _verify, "preview": _preview, "run": _run, "report": _report,
+    "configs": _configs, "demo-data": _demo_data, "ingest": _ingest, "verify": _verify, "preview": _preview, "run": _run, "report": _report,
+    "compare": _compare,
+    "search": _search,
 }
 
 

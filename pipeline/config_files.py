@@ -1,5 +1,14 @@
 """Load a pipeline config from YAML, apply `--set key=value` overrides, validate.
 
+A config may start from another: `extends: ../seed.yaml` (a path relative to the file)
+takes that config and changes what this file says. Sections merge key by key; phases
+merge by name (an entry naming a phase of the parent changes those fields of it, or
+replaces it when its `kind` differs, or drops it with `remove: true`; a new name is
+appended); any other list replaces the parent's. So a variant says only what it varies.
+
+`--config` takes a file, or the name of a config of the library (`configs/`), as
+`pvs configs` lists them: `recipe/no-block7a` is configs/recipe/no-block7a.yaml.
+
 Overrides use dotted keys; a phase is addressed by its name and a list item by
 its position: `phases.full.epochs=3`, `phases.siamese.margin_schedule.0.margin=0.4`,
 `data.source=gs://bucket/products.csv`. Values are parsed as YAML scalars
@@ -29,11 +38,41 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def library() -> Path:
+    """The named configs: ./configs when there is one, else the one next to this package."""
+    here = Path("configs")
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config_path(text: str | Path) -> Path:
+    """A config file path as given, or the library file a name stands for."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    for candidate in (library() / path, library() / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{path}: no such config file or library config; `pvs configs` lists the library")
+
+
+def library_configs() -> list[tuple[str, Path]]:
+    """(name, path) of every config of the library, sorted: `seed`, `recipe/no-block7a`, ..."""
+    root = library()
+    return sorted((path.relative_to(root).with_suffix("").as_posix(), path) for path in root.rglob("*.yaml"))
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """The validated config of a YAML file with overrides applied."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file; the ones shipped are in configs/")
+    """The validated config of a YAML file (or library name) with overrides applied."""
+    path = resolve_config_path(path)
+    raw = _read_with_parents(path, ())
+    for key, value in (overrides or {}).items():
+        _set(raw, key, value, path)
+    config = validate(raw, str(path))
+    _refuse_credentials(config, path)
+    return config
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
@@ -42,11 +81,56 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, phases, ...)")
-    for key, value in (overrides or {}).items():
-        _set(raw, key, value, path)
-    config = validate(raw, str(path))
-    _refuse_credentials(config, path)
-    return config
+    return raw
+
+
+def _read_with_parents(path: Path, children: tuple[Path, ...]) -> dict:
+    """The file's mapping merged onto the config it `extends` (recursively)."""
+    raw = _read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    parent_path = path.parent / str(parent)
+    if not isinstance(parent, str) or not parent_path.is_file():
+        raise ConfigError(f"{path}: extends: {parent!r} is no config file (the path is relative to {path.parent})")
+    if parent_path.resolve() in (*children, path.resolve()):
+        raise ConfigError(f"{path}: extends: {parent} extends {path.name} in turn; a config cannot extend itself")
+    return _merged(_read_with_parents(parent_path, (*children, path.resolve())), raw, path)
+
+
+def _merged(base: dict, changes: dict, origin: Path) -> dict:
+    result = dict(base)
+    for key, value in changes.items():
+        if key == "phases" and isinstance(value, list) and isinstance(base.get(key), list):
+            result[key] = _merged_phases(base[key], value, origin)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            result[key] = _merged(base[key], value, origin)
+        else:
+            result[key] = value
+    return result
+
+
+def _merged_phases(base: list, changes: list, origin: Path) -> list:
+    phases = [dict(phase) if isinstance(phase, dict) else phase for phase in base]
+    names = [phase.get("name") if isinstance(phase, dict) else None for phase in phases]
+    for change in changes:
+        name = change.get("name") if isinstance(change, dict) else None
+        if name is None:
+            raise ConfigError(f"{origin}: phases: an entry of a config that extends another needs a name: {change!r}")
+        if name not in names:
+            if change.get("remove"):
+                raise ConfigError(f"{origin}: phases: no phase {name!r} to remove; there are {', '.join(map(str, names))}")
+            phases.append(change)
+            names.append(name)
+            continue
+        position = names.index(name)
+        if change.get("remove"):
+            del phases[position], names[position]
+        elif change.get("kind", phases[position].get("kind")) != phases[position].get("kind"):
+            phases[position] = change
+        else:
+            phases[position] = _merged(phases[position], change, origin)
+    return phases
 
 
 def _refuse_credentials(config: PipelineConfig, origin: Path) -> None:
@@ -156,7 +240,7 @@ def _readable(raw: dict, location: tuple) -> list[str]:
         elif isinstance(node, dict) and step in node:
             parts.append(str(step))
             node = node[step]
-        elif step in ("classification", "siamese") and isinstance(node, dict):
+        elif step in ("classification", "siamese", "end_to_end") and isinstance(node, dict):
             continue  # the discriminator tag pydantic inserts
         else:
             parts.append(str(step))

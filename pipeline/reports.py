@@ -24,6 +24,31 @@ def read_scores(run_dir: Path) -> list[dict]:
         return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
+def run_names(run_dirs: list[Path]) -> list[str]:
+    """A name per run: its folder's name, or the path as given when two folders share a name."""
+    names = []
+    for run_dir in run_dirs:
+        name = Path(run_dir).resolve().name
+        names.append(name if name not in names else str(run_dir))
+    return names
+
+
+def phase_order(runs: list[list[dict]]) -> list[str]:
+    """The phases of several runs' score rows in one order that keeps each run's own: a
+    phase only one run has goes after the phase it follows there (top, block7a, full),
+    not at the end."""
+    merged = []
+    for rows in runs:
+        position = 0
+        for phase in dict.fromkeys(row["phase"] for row in rows):
+            if phase in merged:
+                position = merged.index(phase) + 1
+            else:
+                merged.insert(position, phase)
+                position += 1
+    return merged
+
+
 def _number(text: str):
     for kind in (int, float):
         try:
@@ -80,9 +105,10 @@ def artifact_key(*parts: str) -> str:
 def chart_markdown(title: str, chart: Path, rows: list[dict]) -> str:
     """The run's markdown artifact: the chart embedded as a PNG data URI (the server keeps
     nothing but the artifact, so the image travels inside it) and the leaderboard table."""
-    encoded = base64.b64encode(Path(chart).read_bytes()).decode("ascii")
     table = leaderboard(rows)
-    return (
-        f"# {title}\n\n![score chart](data:image/png;base64,{encoded})\n\n"
-        f"{markdown_table(table, list(LEADERBOARD_COLUMNS))}\n"
-    )
+    return f"# {title}\n\n{png_markdown('score chart', chart)}\n\n{markdown_table(table, list(LEADERBOARD_COLUMNS))}\n"
+
+
+def png_markdown(alt: str, png: Path) -> str:
+    """A markdown image of a PNG file, embedded as a data URI."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(Path(png).read_bytes()).decode('ascii')})"

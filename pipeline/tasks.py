@@ -14,7 +14,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from phases.classification import baseline_row, run_classification_phase
-from phases.config import ClassificationPhase, PipelineConfig
+from phases.config import PipelineConfig
+from phases.end_to_end import run_end_to_end_phase
 from phases.extraction import extract
 from phases.siamese import run_siamese_phase
 from phases.unit import PhaseContext
@@ -22,6 +23,8 @@ from pipeline.monitoring import EpochLogger, ScoreReporter, tensorboard_callback
 from pipeline.records import Work, write_record
 from tfrecords.ingest import ingest, summary
 from tfrecords.manifest import MANIFEST_NAME, EmbeddingManifest, ImageManifest, ShardSet, read_manifest, verify_shards
+
+RUNNERS = {"classification": run_classification_phase, "siamese": run_siamese_phase, "end_to_end": run_end_to_end_phase}
 
 
 def _cache_key(context, inputs: dict) -> str:
@@ -97,7 +100,7 @@ def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: dict,
         report=ScoreReporter(logger, phase.name, work.folder / "tensorboard"),
         callbacks=(EpochLogger(logger, phase.name), tensorboard_callback(work.folder)),
     )
-    runner = run_classification_phase if isinstance(phase, ClassificationPhase) else run_siamese_phase
+    runner = RUNNERS[phase.kind]
     start = (Path(previous["model"]), previous["model_sha256"]) if previous else None
     result = runner(phase, config, context, start)
     if result.resumed_after_epoch is not None:

@@ -30,7 +30,7 @@ def test_seed_config_holds_every_number_of_the_recipe():
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    for path in sorted(Path("configs").glob("*.yaml")):
+    for path in sorted(Path("configs").rglob("*.yaml")):
         assert load_config(path).description, path
 
 
@@ -70,8 +70,11 @@ def test_phase_list_rules():
     with open(SEED) as handle:
         raw = yaml.safe_load(handle)
     raw["phases"] = raw["phases"][3:] + raw["phases"][:3]
-    with pytest.raises(ConfigError, match="keep one, after every classification phase"):
+    with pytest.raises(ConfigError, match="trains the final embedding: keep one, as the last phase"):
         validate(raw, "reordered")
+    raw["phases"] = raw["phases"][1:] + [raw["phases"][0], {**raw["phases"][0], "name": "again", "kind": "end_to_end"}]
+    with pytest.raises(ConfigError, match="trains the final embedding: keep one, as the last phase"):
+        validate(raw, "two embedding phases")
 
 
 def test_override_errors_say_how_to_write_them():

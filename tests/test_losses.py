@@ -7,17 +7,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from phases.config import SiamesePhase
 from phases.losses import (
     DISTANCE_METRICS,
     ContrastiveLoss,
     TripletHardLoss,
     TripletSemiHardLoss,
     contrastive_loss,
+    make_loss,
     triplet_hard_loss,
     triplet_semihard_loss,
 )
+from phases.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 
-LOSS_FUNCTIONS = [triplet_semihard_loss, triplet_hard_loss, contrastive_loss]
+LOSS_FUNCTIONS = [triplet_semihard_loss, triplet_hard_loss, contrastive_loss]  # those taking every distance metric
+EVERY_LOSS_FUNCTION = [*LOSS_FUNCTIONS, multi_similarity_loss]  # multi-similarity: "angular" only
 
 
 # ---- NumPy reference, one anchor / pair at a time -------------------------------------------------------------
@@ -80,6 +84,23 @@ def reference_contrastive(labels, embeddings, margin, metric):
             else:
                 terms.append(max(margin - d[i, j], 0.0) ** 2)
     return sum(terms) / len(terms) if terms else 0.0
+
+
+def reference_multi_similarity(labels, embeddings, margin, alpha, beta, threshold):
+    """As the authors' research-ms-loss, but leaving out the anchor itself rather than every S >= 1 - 1e-5."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    s = 1.0 - reference_distances(x, "angular")  # cosine similarity
+    total = 0.0
+    for a in range(len(labels)):
+        positives = [s[a, p] for p in range(len(labels)) if p != a and labels[p] == labels[a]]
+        negatives = [s[a, n] for n in range(len(labels)) if labels[n] != labels[a]]
+        kept_positives = [value for value in positives if negatives and value - margin < max(negatives)]
+        kept_negatives = [value for value in negatives if positives and value + margin > min(positives)]
+        if not kept_positives or not kept_negatives:
+            continue  # the anchor adds nothing but still counts in the mean
+        total += math.log1p(sum(math.exp(-alpha * (value - threshold)) for value in kept_positives)) / alpha
+        total += math.log1p(sum(math.exp(beta * (value - threshold)) for value in kept_negatives)) / beta
+    return total / len(labels)
 
 
 def random_batch(seed, size=12, dim=5, classes=4):
@@ -164,7 +185,7 @@ def test_contrastive_loss_of_fewer_than_two_embeddings_is_zero():
     assert float(contrastive_loss(np.zeros([0], np.int64), np.zeros([0, 2], np.float32))) == 0.0
 
 
-@pytest.mark.parametrize("loss_function", LOSS_FUNCTIONS)
+@pytest.mark.parametrize("loss_function", EVERY_LOSS_FUNCTION)
 def test_labels_shaped_batch_by_one_give_the_same_loss(loss_function):
     labels, embeddings = random_batch(seed=4)
     flat = loss_function(labels, embeddings)
@@ -172,7 +193,7 @@ def test_labels_shaped_batch_by_one_give_the_same_loss(loss_function):
     assert float(column) == pytest.approx(float(flat))
 
 
-@pytest.mark.parametrize("loss_function", LOSS_FUNCTIONS)
+@pytest.mark.parametrize("loss_function", EVERY_LOSS_FUNCTION)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_embeddings_are_measured_in_float32(loss_function, dtype):
     labels, embeddings = random_batch(seed=5)
@@ -183,7 +204,7 @@ def test_low_precision_embeddings_are_measured_in_float32(loss_function, dtype):
     assert float(value) == pytest.approx(float(loss_function(labels, tf.cast(low, "float32"))), rel=1e-6)
 
 
-@pytest.mark.parametrize("loss_function", LOSS_FUNCTIONS)
+@pytest.mark.parametrize("loss_function", EVERY_LOSS_FUNCTION)
 def test_numpy_and_tensor_inputs_give_the_same_float32_scalar(loss_function):
     labels, embeddings = random_batch(seed=6)
     from_numpy = loss_function(labels, embeddings, margin=0.7)
@@ -192,7 +213,7 @@ def test_numpy_and_tensor_inputs_give_the_same_float32_scalar(loss_function):
     assert float(from_numpy) == float(from_tensors)
 
 
-@pytest.mark.parametrize("loss_function", LOSS_FUNCTIONS)
+@pytest.mark.parametrize("loss_function", EVERY_LOSS_FUNCTION)
 def test_invalid_distance_metric_names_the_valid_ones(loss_function):
     with pytest.raises(ValueError, match="'L2', 'squared-L2', 'angular'; got 'L_2'"):
         loss_function([0, 0], [[0.0, 1.0], [1.0, 0.0]], distance_metric="L_2")
@@ -225,6 +246,11 @@ LOSS_OBJECTS = [
     (TripletSemiHardLoss(margin=0.3, distance_metric="angular", name="semihard"), triplet_semihard_loss, {}),
     (TripletHardLoss(margin=0.4, soft=True, distance_metric="squared-L2"), triplet_hard_loss, {"soft": True}),
     (ContrastiveLoss(margin=0.6), contrastive_loss, {}),
+    (
+        MultiSimilarityLoss(margin=0.2, alpha=3.0, beta=40.0, threshold=0.4),
+        multi_similarity_loss,
+        {"alpha": 3.0, "beta": 40.0, "threshold": 0.4},
+    ),
 ]
 
 
@@ -267,10 +293,18 @@ def test_margin_set_on_the_loss_is_returned_by_get_config():
     assert loss.margin == 0.1 and loss.get_config()["margin"] == 0.1
 
 
-def test_margin_changed_between_epochs_is_seen_by_the_compiled_train_step():
+@pytest.mark.parametrize(
+    ("loss_class", "function"),
+    [(TripletSemiHardLoss, triplet_semihard_loss), (MultiSimilarityLoss, multi_similarity_loss)],
+)
+def test_margin_changed_between_epochs_is_seen_by_the_compiled_train_step(loss_class, function):
+    # Inputs near one direction per label and these weights: the multi-similarity mining at margin 0.1 drops
+    # pairs that 2.0 keeps (on random inputs it keeps nearly all pairs at both, and the losses barely differ).
+    keras.utils.set_random_seed(2)
     labels, inputs = random_batch(seed=8, size=16, dim=6)
+    inputs += 2 * np.eye(6, dtype=np.float32)[labels]
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
-    loss = TripletSemiHardLoss(margin=0.1)
+    loss = loss_class(margin=0.1)
     # Frozen weights: only the margin moves. XLA, as "auto" picks on a GPU, must also read the variable afresh.
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss=loss, jit_compile=True)
     margins = [0.1, 2.0]
@@ -279,7 +313,8 @@ def test_margin_changed_between_epochs_is_seen_by_the_compiled_train_step():
     )
     history = model.fit(inputs, labels, batch_size=16, epochs=2, verbose=0, callbacks=[set_margin])
     embeddings = model.predict(inputs, verbose=0)
-    expected = [float(triplet_semihard_loss(labels, embeddings, margin=margin)) for margin in margins]
+    expected = [float(function(labels, embeddings, margin=margin)) for margin in margins]
+    assert expected[0] != pytest.approx(expected[1], rel=0.03)  # else the test could not tell the margins apart
     np.testing.assert_allclose(history.history["loss"], expected, rtol=1e-5)
 
 
@@ -301,3 +336,66 @@ def test_tiny_model_learns_with_angular_semihard_loss_and_reloads_in_safe_mode(t
     assert loaded.loss.get_config() == model.loss.get_config()
     before = model.evaluate(inputs, labels, batch_size=32, verbose=0)
     assert loaded.evaluate(inputs, labels, batch_size=32, verbose=0) == pytest.approx(before, rel=1e-5)
+
+
+# ---- multi-similarity loss -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("margin", [0.05, 0.1, 0.5])
+@pytest.mark.parametrize(("alpha", "beta", "threshold"), [(2.0, 50.0, 0.5), (1.0, 10.0, 0.0)])
+@pytest.mark.parametrize("seed", [0, 3])  # seed 3: label 2 occurs once, an anchor without positive
+def test_multi_similarity_loss_matches_reference(margin, alpha, beta, threshold, seed):
+    labels, embeddings = random_batch(seed)
+    value = multi_similarity_loss(labels, embeddings, margin=margin, alpha=alpha, beta=beta, threshold=threshold)
+    expected = reference_multi_similarity(labels, embeddings, margin, alpha, beta, threshold)
+    np.testing.assert_allclose(float(value), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_multi_similarity_anchors_without_mined_pairs_add_nothing_but_count_in_the_mean():
+    # On the unit circle: anchors 0 (at 0 deg) and 1 (at 60 deg) share label 0, S = 0.5; the negative at
+    # 30 deg is mined for both (S = cos 30 > 0.5 - margin), the one at 180 deg for neither. Labels 1 and 2
+    # have no positive: their anchors add 0 to the sum, which is divided by all 4.
+    degrees = np.radians([0.0, 60.0, 30.0, 180.0])
+    embeddings = np.stack([np.cos(degrees), np.sin(degrees)], axis=1).astype(np.float32)
+    per_anchor = math.log(2) / 2 + math.log1p(math.exp(50 * (math.sqrt(3) / 2 - 0.5))) / 50
+    assert float(multi_similarity_loss([0, 0, 1, 2], embeddings, margin=0.1)) == pytest.approx(2 * per_anchor / 4)
+
+
+def test_multi_similarity_loss_of_a_batch_without_positive_pair_is_zero_with_zero_gradient():
+    embeddings = tf.Variable(np.eye(3, dtype=np.float32))
+    with tf.GradientTape() as tape:
+        loss = multi_similarity_loss([0, 1, 2], embeddings)
+    assert float(loss) == 0.0
+    np.testing.assert_array_equal(tape.gradient(loss, embeddings).numpy(), np.zeros((3, 3)))
+
+
+def test_multi_similarity_gradients_are_finite_for_coincident_zero_and_far_embeddings():
+    # Rows 0 and 1 coincide (S = 1), row 4 is zero; beta = 200 puts exp(beta * (S - threshold)) far past float32.
+    labels = np.array([0, 0, 1, 1, 2])
+    embeddings = tf.Variable([[1.0, 2.0], [1.0, 2.0], [0.5, -1.0], [2.0, 0.0], [0.0, 0.0]])
+    with tf.GradientTape() as tape:
+        loss = multi_similarity_loss(labels, embeddings, margin=2.0, beta=200.0, threshold=-0.9)
+    gradient = tape.gradient(loss, embeddings)
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(gradient.numpy()))
+
+
+def test_multi_similarity_takes_only_the_angular_metric():
+    with pytest.raises(ValueError, match="must be 'angular'; got 'L2'"):
+        multi_similarity_loss([0, 0, 1], np.eye(3, dtype=np.float32), distance_metric="L2")
+    with pytest.raises(ValueError, match="must be 'angular'; got 'squared-L2'"):
+        MultiSimilarityLoss(distance_metric="squared-L2")
+
+
+def test_make_loss_builds_the_multi_similarity_loss_a_phase_configures():
+    phase = SiamesePhase(
+        name="projection",
+        loss="multi_similarity",
+        multi_similarity={"alpha": 3.0, "beta": 40.0, "threshold": 0.4},
+        margin_schedule=[{"margin": 0.2, "learning_rate": 0.001, "epochs": 1}],
+    )
+    loss = make_loss(phase, margin=0.2)
+    assert isinstance(loss, MultiSimilarityLoss)
+    assert loss.get_config() == {
+        "name": "multi_similarity_loss", "margin": 0.2, "distance_metric": "angular",
+        "alpha": 3.0, "beta": 40.0, "threshold": 0.4,
+    }

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from phases.metrics import MetricInputError, nearest_neighbours, retrieval_scores, triplet_accuracy
+from phases.scoring import embedding_scores, triplet_sample_rows
 
 SCORE_NAMES = ["mar_at_10", "map_at_10", "recall_at_1", "recall_at_5", "recall_at_10", "precision_at_1", "map_at_r"]
 
@@ -245,3 +246,35 @@ def test_triplet_accuracy_matches_an_all_triplets_brute_force(metric):
 def test_unknown_distance_metric_is_a_value_error_listing_the_choices():
     with pytest.raises(ValueError, match="L2, squared-L2, angular"):
         triplet_accuracy([0, 0, 1], np.ones((3, 2)), "cosine")
+
+
+# ---- the scores of a phase row: retrieval and triplet accuracy ------------------------------------------------
+
+
+def test_scored_row_adds_the_triplet_accuracy_of_query_and_index_items_together():
+    queries, query_labels, index, index_labels = clustered_data(seed=8)
+    scores = embedding_scores(queries, query_labels, index, index_labels, triplet_sample=2000)
+    labels, vectors = np.concatenate([query_labels, index_labels]), np.concatenate([queries, index])
+    together = triplet_accuracy(labels, vectors, "angular")
+    assert scores == {**retrieval_scores(queries, query_labels, index, index_labels), "triplet_accuracy": together}
+
+
+def test_triplet_sample_takes_whole_products_the_same_way_every_time():
+    queries, query_labels, index, index_labels = clustered_data(seed=9)
+    labels = np.concatenate([query_labels, index_labels])
+    rows = triplet_sample_rows(labels, 60)
+    np.random.seed(1)  # the global generator plays no part
+    assert np.array_equal(rows, triplet_sample_rows(labels, 60))
+    assert 0 < len(rows) <= 60 and np.all(np.diff(rows) > 0)
+    sampled = np.unique(labels[rows])
+    assert np.array_equal(np.sort(rows), np.flatnonzero(np.isin(labels, sampled)))  # no product is cut
+    assert len(sampled) < len(np.unique(labels))
+    scores = embedding_scores(queries, query_labels, index, index_labels, triplet_sample=60)
+    vectors = np.concatenate([queries, index])
+    assert scores["triplet_accuracy"] == triplet_accuracy(labels[rows], vectors[rows], "angular")
+
+
+def test_triplet_accuracy_is_left_out_when_the_sample_has_no_valid_triplet():
+    # Two products of two items each, at most 3 sampled: one whole product fits, a single label has no negative.
+    scores = embedding_scores([[1.0, 0.0], [0.0, 1.0]], [5, 6], [[1.0, 0.1], [0.1, 1.0]], [5, 6], triplet_sample=3)
+    assert "triplet_accuracy" not in scores and scores["mar_at_10"] == 1.0

@@ -59,15 +59,14 @@ def test_batch_norm_may_train_when_the_config_says_so(classifier):
 
 
 def test_unknown_block_prefix_lists_the_valid_blocks(classifier):
-    with pytest.raises(ConfigError, match="unfreeze_from 'block9a' matches no layer; valid blocks: block1a, block2a, .*block7a"):
+    with pytest.raises(ConfigError, match="unfreeze_from 'block9a' matches no layer; valid blocks: stem, block1a, block2a, .*block7a, top"):
         set_trainable(classifier, phase("from", "block9a"))
-    assert block_names(classifier)[-1] == "block7a" and len(block_names(classifier)) == 16
 
 
 def test_the_config_knows_the_blocks_of_the_architecture(classifier):
     from phases.config import LAYER_GROUPS
 
-    assert list(LAYER_GROUPS["EfficientNetB0"]) == ["stem", *block_names(classifier), "top"]
+    assert list(LAYER_GROUPS["EfficientNetB0"]) == block_names(classifier)
     assert classifier.get_layer("stem_conv") and classifier.get_layer("top_conv")
 
 
@@ -107,6 +106,7 @@ def test_a_weights_file_of_the_architecture_is_loaded(tmp_path):
 
 def test_phases_classify_categories_or_else_the_products(ingested, tmp_path):
     from conftest import write_image
+
     from phases.classification import class_labels
     from phases.config import PipelineConfig
     from tfrecords.ingest import ingest
@@ -129,3 +129,43 @@ def test_phases_classify_categories_or_else_the_products(ingested, tmp_path):
     assert class_labels(config("auto"), without) == ("product_id", 3)
     with pytest.raises(ConfigError, match="model.classify is 'category' but the data has no categories"):
         class_labels(config("category"), without)
+
+
+@pytest.mark.parametrize("architecture", list(__import__("phases.architectures", fromlist=["x"]).LAYER_GROUPS))
+def test_every_architecture_builds_with_the_blocks_the_config_knows(architecture):
+    from phases.architectures import LAYER_GROUPS
+
+    backbone = build_backbone(ModelConfig(architecture=architecture, weights="none"), 32)
+    assert list(LAYER_GROUPS[architecture]) == block_names(backbone, architecture)
+    assert len(backbone.inputs) == 1 and len(backbone.output_shape) == 2
+
+
+@pytest.mark.parametrize("architecture, preprocess", [("VGG16", "vgg16"), ("MobileNetV2", "mobilenet_v2")])  # ResNet50 shares VGG16's
+def test_the_architectures_preprocessing_is_part_of_the_saved_model(architecture, preprocess, tmp_path):
+    """Images enter as [0, 255] RGB; the model applies keras.applications' preprocess_input
+    itself, and still loads in safe mode."""
+    import numpy as np
+
+    images = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+    backbone = build_backbone(ModelConfig(architecture=architecture, weights="none"), 32)
+    first = backbone.layers[1]
+    expected = getattr(keras.applications, preprocess).preprocess_input(images.copy())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first(images)), expected, rtol=1e-5, atol=1e-3)
+    backbone.save(tmp_path / "backbone.keras")
+    loaded = keras.saving.load_model(tmp_path / "backbone.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), backbone.predict(images, verbose=0), atol=1e-5)
+
+
+def test_feature_blocks_concatenate_the_pooled_block_outputs_with_the_final_features():
+    backbone = build_backbone(ModelConfig(weights="none", feature_blocks=["block3b", "block4c", "block5c", "block6d"]), 32)
+    assert backbone.output_shape == (None, 40 + 80 + 112 + 192 + 1280)
+    assert backbone.get_layer("features_pool_block3b").input is backbone.get_layer("block3b_add").output
+
+
+def test_the_mildnet_head_is_dense_dropout_dense_and_unit_vectors():
+    import numpy as np
+
+    head = build_projection(64, 8, head="mildnet", hidden_dim=32, dropout=0.5)
+    assert [layer.name for layer in head.layers] == ["features", "projection_hidden", "projection_dropout", "projection_dense", "projection_l2"]
+    vectors = head.predict(np.random.default_rng(0).normal(size=(4, 64)).astype("float32"), verbose=0)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

@@ -28,7 +28,7 @@ def write_config(path, data_dir, full_learning_rate=1e-3):
              "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}, {"margin": 0.75, "learning_rate": 1e-2, "epochs": 1}]},
         ],
         "evaluation": {"batch_size": 64},
-        "runtime": {"seed": 1, "deterministic": True},
+        "runtime": {"seed": 1, "deterministic": True, "eager": True},  # graph mode: test_demo and test_phases
     }
     path.write_text(yaml.safe_dump(config))
     return path

@@ -87,6 +87,27 @@ def read_images(data_dir: str | Path, splits: str | Sequence[str], options: Read
     return images.prefetch(AUTOTUNE).with_options(dataset_options)
 
 
+def read_view_groups(data_dir: str | Path, split: str, options: ReadOptions, views: int) -> tf.data.Dataset:
+    """Each image of `split` as `views` distinct ones of its six views, one after another,
+    for metric learning on images: a batch of `options.batch_size` (a multiple of `views`,
+    remainder dropped) holds batch_size / views images with all their views. The views are
+    a random choice per image and epoch, drawn from `options.seed`. Elements as in
+    `read_images`, `view` telling which view each is."""
+    if not 2 <= views <= NUM_VIEWS or not options.batch_size or options.batch_size % views:
+        raise ValueError(f"views must be 2-{NUM_VIEWS} and divide the batch size; got {views}, {options.batch_size}")
+    images = read_images(data_dir, split, options.model_copy(update={"augment": "none", "batch_size": None}))
+    draws = tf.data.Dataset.random(seed=options.seed + 3, rerandomize_each_iteration=True)
+
+    def expand(element, draw):
+        chosen = tf.random.experimental.stateless_shuffle(tf.range(NUM_VIEWS), seed=[draw, 0])[:views]
+        stacked = tf.gather(all_views(element["image"]), chosen)
+        repeated = {key: tf.repeat(value[None], views, axis=0) for key, value in element.items() if key not in ("image", "view")}
+        return tf.data.Dataset.from_tensor_slices({**repeated, "image": stacked, "view": chosen})
+
+    groups = tf.data.Dataset.zip(images, draws).flat_map(expand)
+    return groups.batch(options.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
 def _augment(images: tf.data.Dataset, options: ReadOptions) -> tf.data.Dataset:
     if options.augment == "all":
 

@@ -40,7 +40,7 @@ def tiny_config(path: Path, source: Path, **sections) -> Path:
                                  {"margin": 0.75, "learning_rate": 1e-2, "epochs": 1}]},
         ],
         "evaluation": {"batch_size": 64},
-        "runtime": {"seed": 1, "deterministic": True},
+        "runtime": {"seed": 1, "deterministic": True, "eager": True},  # no tf.function tracing: ~2x faster at this size
         **sections,
     }
     path.write_text(yaml.safe_dump(config))
@@ -101,7 +101,7 @@ def assert_same_scores(rows: list[dict], reference: list[dict]) -> None:
     assert [(r["phase"], r["epoch"]) for r in rows] == [(r["phase"], r["epoch"]) for r in reference]
     for row, expected in zip(rows, reference):
         for name, value in expected.items():
-            if value and name not in ("phase", "epoch"):
+            if value and name not in ("phase", "epoch", "train_seconds"):  # wall time differs run to run
                 assert abs(float(row[name]) - float(value)) <= TOLERANCE, (row["phase"], row["epoch"], name, row[name], value)
 
 

@@ -7,6 +7,7 @@ lists the cases and their messages."""
 
 import hashlib
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -106,7 +107,7 @@ CONFIG_CASES = [
                  "phases.block7a.unfreeze_from: 'block9a' starts no layer of EfficientNetB0; give one of stem, "
                  "block1a, block2a, block2b, block3a, block3b, block4a, block4b, block4c, block5a, block5b, block5c, "
                  "block6a, block6b, block6c, block6d, block7a, top (or a layer name inside one, e.g. "
-                 "block7a_expand_conv)",
+                 "block7a_ and a layer's name)",
                  id="unknown unfreeze_from block"),
     pytest.param({"phases.3.margin_schedule.1.epochs": 0},
                  "phases.siamese.margin_schedule.1.epochs: Input should be greater than 0",
@@ -332,10 +333,12 @@ MISSING_PATHS = [
     pytest.param(("verify", "{missing}"), "{missing}: no such folder; give a folder written by `pvs ingest`", id="verify"),
     pytest.param(("preview", "{missing}"), "{missing}: no such folder; give a folder written by `pvs ingest`",
                  id="preview"),
-    pytest.param(("run", "--config", "{missing}"), "{missing}: no such config file; the ones shipped are in configs/",
+    pytest.param(("run", "--config", "{missing}"), "{missing}: no such config file or library config; `pvs configs` lists the library",
                  id="run --config"),
     pytest.param(("report", "{missing}"), "{missing}: no such folder; give a run folder written by `pvs run` (e.g. runs/demo)",
                  id="report"),
+    pytest.param(("search", "--run", "{missing}", "{tmp}"),
+                 "{missing}: no such folder; give a run folder written by `pvs run` (e.g. runs/demo)", id="search --run"),
 ]
 
 
@@ -355,3 +358,27 @@ def test_folder_that_is_not_a_run_or_data_folder_is_one_error_saying_what_it_sho
     }
     assert refused(capsys, command, empty) == expected[command]
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize("state", ["killed before its extraction", "embeddings deleted"])
+def test_search_on_a_run_without_embeddings_is_one_error_saying_how_to_finish_it_and_writes_nothing(
+    capsys, tmp_path, run_dir, state
+):
+    (run_dir / "run-config.yaml").write_text(yaml.safe_dump({"config_file": "configs/demo.yaml", "config": {}}))
+    if state == "killed before its extraction":
+        (run_dir / "run.json").unlink()
+        problem = "the run has not finished its extraction (run.json, written at its end, is missing or incomplete)"
+    else:
+        embeddings = run_dir / "extraction-0123" / "embeddings"  # deleted, as by a clean-up
+        (run_dir / "run.json").write_text(json.dumps({
+            "final_model": str(run_dir / "phases" / "01-top-0123" / "model.keras"), "final_model_sha256": "0" * 64,
+            "embeddings": str(embeddings), "final_split": "test",
+        }))
+        problem = f"the run's embeddings {embeddings} are missing, so the run has not finished its extraction"
+    photo = write_image(tmp_path / "photo.jpg")
+    before = snapshot(run_dir)
+    message = refused(capsys, "search", "--run", run_dir, photo, "--sheet", tmp_path / "sheet.png")
+    finish = f"finish the run with `pvs run --config configs/demo.yaml --run-dir {run_dir}`"
+    assert message == f"{run_dir}: {problem}; {finish}"
+    assert snapshot(run_dir) == before
+    assert not (tmp_path / "sheet.png").exists()
