@@ -34,6 +34,7 @@ test-fast: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/eager.py
 
 # Re-resolve the dependencies of pyproject.toml in a fresh environment and pin them.
 lock:
