@@ -55,8 +55,8 @@ import tensorflow as tf  # noqa: E402
 
 from phases.classification import _training_batches, class_labels, initial_classifier  # noqa: E402
 from phases.config import PipelineConfig  # noqa: E402
-from phases.model import backbone_of, build_embedder, build_projection, set_trainable  # noqa: E402
 from phases.losses import make_loss  # noqa: E402
+from phases.model import backbone_of, build_embedder, build_projection, set_trainable  # noqa: E402
 from phases.siamese import LabelBalancedBatches, cache_features, train_labels  # noqa: E402
 from phases.unit import epoch_seed  # noqa: E402
 from pipeline.config_files import load_config, parse_overrides  # noqa: E402

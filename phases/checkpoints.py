@@ -19,7 +19,7 @@ import numpy as np
 # Our registered Keras classes (losses a compiled model refers to, preprocessing layers):
 # imported so that any saved model of the pipeline loads wherever load_model is called.
 import phases.layers
-import phases.multi_similarity  # and so phases.losses
+import phases.multi_similarity  # noqa: F401  (and so phases.losses)
 from phases.errors import UnsafeModelError
 from tfrecords.errors import ShardIntegrityError
 from tfrecords.files import raise_if_disk_error, sha256_file, write_text_atomic

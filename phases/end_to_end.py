@@ -18,7 +18,7 @@ from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint
 from phases.classification import class_labels, finish_phase, initial_classifier, score_split
 from phases.config import EndToEndPhase, PipelineConfig
 from phases.errors import ConfigError
-from phases.losses import make_loss
+from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import backbone_of, build_embedder, build_projection, set_trainable
 from phases.unit import PhaseContext, PhaseResult, check_loss, epoch_seed, seed_model_randomness
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
@@ -51,13 +51,10 @@ def run_end_to_end_phase(
         set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
     else:
         model = _initial_embedder(phase, config, context.data_dir, manifest, previous)
-        first = phase.margin_schedule[0]
-        model.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin))
+        compile_for_schedule(model, phase)
         start, rows = 0, []
     for epoch in range(start, phase.epochs):
-        step = phase.step(epoch)
-        model.loss.margin = step.margin
-        model.optimizer.learning_rate.assign(step.learning_rate)
+        step = apply_schedule_step(model, phase, epoch)
         started = time.perf_counter()
         history = model.fit(
             _training_batches(phase, config, context.data_dir, epoch),

@@ -298,3 +298,18 @@ def make_loss(phase, margin: float) -> keras.losses.Loss:
         options = phase.multi_similarity
         return MultiSimilarityLoss(margin=margin, alpha=options.alpha, beta=options.beta, threshold=options.threshold)
     return ContrastiveLoss(margin=margin, distance_metric=phase.distance_metric)
+
+
+def compile_for_schedule(model: keras.Model, phase) -> None:
+    """Compile an embedding phase's model with Adam and its loss, at the schedule's first step."""
+    first = phase.margin_schedule[0]
+    model.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin))
+
+
+def apply_schedule_step(model: keras.Model, phase, epoch: int):
+    """Set the compiled loss's margin and the optimizer's learning rate to those of the
+    schedule step of `epoch` (0-based); returns that step."""
+    step = phase.step(epoch)
+    model.loss.margin = step.margin
+    model.optimizer.learning_rate.assign(step.learning_rate)
+    return step

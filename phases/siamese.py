@@ -20,7 +20,7 @@ import numpy as np
 from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
 from phases.classification import class_labels, initial_classifier
 from phases.config import PipelineConfig, SiamesePhase
-from phases.losses import make_loss
+from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import backbone_of, build_embedder, build_projection
 from phases.scoring import embed_split, embedding_scores
 from phases.unit import PhaseContext, PhaseResult, check_loss, epoch_seed, seed_model_randomness
@@ -134,17 +134,14 @@ def run_siamese_phase(
     if checkpoint is not None:
         projection, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
     else:
-        first = phase.margin_schedule[0]
         # Seeded here: the projection's initial weights must not depend on what ran
         # before in this process (a run that reused phases 1-3 draws the same ones).
         seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
         projection = build_projection(train.vectors.shape[1], phase.projection_dim, phase.head, phase.hidden_dim, phase.head_dropout)
-        projection.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin))
+        compile_for_schedule(projection, phase)
         start, rows = 0, []
     for epoch in range(start, phase.epochs):
-        step = phase.step(epoch)
-        projection.loss.margin = step.margin
-        projection.optimizer.learning_rate.assign(step.learning_rate)
+        step = apply_schedule_step(projection, phase, epoch)
         batches = LabelBalancedBatches(
             train.vectors, labels, phase.labels_per_batch, phase.views_per_label, epoch_seed(config.runtime.seed, phase.name, epoch)
         )

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import yaml
 
 from pipeline.charts import write_comparison_chart
 from pipeline.reports import METRIC, markdown_table, phase_order, png_markdown, read_scores, run_names
+from pipeline.run_root import recorded_config
 from tfrecords.errors import ShardIntegrityError, UserError
 from tfrecords.files import sha256_file
 from tfrecords.manifest import MANIFEST_NAME, EmbeddingManifest, read_manifest
@@ -89,12 +89,12 @@ def read_run(run_dir: Path, name: str) -> RunComparison:
 
 def _config_fields(run_dir: Path) -> dict:
     """config_file, description and architecture from run-config.yaml (blank when unreadable)."""
+    record = recorded_config(run_dir)
     try:
-        record = yaml.safe_load((run_dir / "run-config.yaml").read_text())
         config = record["config"]
         return {"config_file": record["config_file"], "description": config.get("description") or "",
                 "architecture": config["model"]["architecture"]}
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+    except (KeyError, TypeError, AttributeError):
         return {}
 
 

@@ -65,14 +65,21 @@ def claim_run_root(root: Path, config_path: Path, config: PipelineConfig) -> Ite
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _check_owner(root: Path, config_path: Path) -> None:
-    recorded = root / CONFIG_NAME
-    if not recorded.is_file():
-        return
+def recorded_config(root: Path) -> dict:
+    """RUN_DIR/run-config.yaml: `config_file` and the resolved `config` of the last run there;
+    {} when there is none or it is unreadable (its writer is atomic, so that is a user's edit)."""
     try:
-        owner = Path(yaml.safe_load(recorded.read_text())["config_file"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return  # unreadable: the record of a killed writer is never half-written, so this is a user's edit
+        record = yaml.safe_load((root / CONFIG_NAME).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _check_owner(root: Path, config_path: Path) -> None:
+    recorded = recorded_config(root).get("config_file")
+    if not isinstance(recorded, str):
+        return
+    owner = Path(recorded)
     if owner.stem != config_path.stem:
         raise RunRootError(
             f"{root}: this run folder holds a run of {owner}, not of {config_path}; give this run another "

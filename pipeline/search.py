@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import yaml
 
 from phases.metrics import nearest_neighbours
 from pipeline.reports import png_markdown
-from pipeline.run_root import CONFIG_NAME
+from pipeline.run_root import CONFIG_NAME, recorded_config
 from pipeline.sheets import Cell, write_sheet
 from tfrecords.embeddings import EmbeddingArrays, load_embeddings
 from tfrecords.errors import ImageError, UserError
@@ -110,7 +109,7 @@ def open_run(run_dir: Path) -> FinishedRun:
         raise RunNotSearchableError(
             f"{run_dir}: not a run folder (no run.json or {CONFIG_NAME}); give a folder written by `pvs run`"
         )
-    settings = _run_config(run_dir)
+    settings = recorded_config(run_dir)
     finish = f"finish the run with `pvs run --config {settings.get('config_file', 'CONFIG')} --run-dir {run_dir}`"
     try:
         summary = json.loads((run_dir / "run.json").read_text())
@@ -135,15 +134,6 @@ def open_run(run_dir: Path) -> FinishedRun:
     index = open_index(embeddings_dir, split, _data_dir(run_dir), finish)
     batch_size = settings.get("config", {}).get("evaluation", {}).get("batch_size", 64)
     return FinishedRun(index, model_path, model_sha256, batch_size)
-
-
-def _run_config(run_dir: Path) -> dict:
-    """RUN_DIR/run-config.yaml (the config file and resolved config of the last run), or {}."""
-    try:
-        settings = yaml.safe_load((run_dir / CONFIG_NAME).read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return settings if isinstance(settings, dict) else {}
 
 
 def _data_dir(run_dir: Path) -> Path:
