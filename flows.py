@@ -9,6 +9,10 @@ phase from its last epoch checkpoint; changing phase 3 reruns phase 3, phase 4 a
 extraction. Before trusting a cache hit, the flow checks the folder's record (files
 present, sha256 matching) and has the task recompute when it does not hold.
 
+The run folder may be a gs:// URL (`pipeline/storage.py`): steps then work in a local
+mirror, pull their folder from the bucket before they start and push it back after
+every epoch and at their end, so a run killed on one machine resumes on another.
+
 `compare_runs` (at the end) is `pvs compare` as a flow: runs side by side, as an artifact.
 """
 
@@ -33,12 +37,13 @@ from pipeline.charts import write_score_chart
 from pipeline.compare import artifact_markdown, read_runs, write_chart
 from pipeline.config_files import load_config
 from pipeline.logs import install_log_filters
-from pipeline.records import Work
+from pipeline.records import Work, recorded_output
 from pipeline.reports import artifact_key, chart_markdown
 from pipeline.run_root import claim_run_root
 from pipeline.runtime import configure_runtime
 from pipeline.scores import ScoreTable, phase_rows
 from pipeline.search import sheet_markdown, write_run_sheet
+from pipeline.storage import RunRoot, StorageSettings, is_remote, stage_file
 from pipeline.tasks import extract_embeddings, ingest_data, score_baseline, train_phase
 from tfrecords.files import sha256_file, write_bytes_atomic, write_text_atomic
 
@@ -62,16 +67,32 @@ def default_run_dir(config_path: str | Path) -> Path:
     return Path("runs") / Path(config_path).stem
 
 
-def run(task_fn, work: Work, forced: set[str], **arguments) -> dict:
+def run(task_fn, work: Work, forced: set[str], run_root: RunRoot, **arguments) -> dict:
     """Call a cached task for `work`: recomputed (its folder cleared) when forced, and
-    with Prefect's cached result refreshed when the folder's record does not hold."""
-    if work.name in forced and work.folder.exists():
-        get_run_logger().info(f"{work.name}: forced; clearing {work.folder}")
-        _clear(work)
+    with Prefect's cached result refreshed when the folder's record does not hold.
+    Under a gs:// root, the folder is pulled from the bucket first and pushed after."""
+    logger = get_run_logger()
+    if work.name in forced:
+        logger.info(f"{work.name}: forced; clearing {run_root.show(work.folder)}")
+        if work.folder.exists():
+            _clear(work)
+        if work.name != "ingest":
+            run_root.remove(work.folder)
+    else:
+        pulled = run_root.pull(work.folder, work.key)
+        if pulled:
+            logger.info(f"{work.name}: {pulled} file(s) pulled from {run_root.url(work.folder)}")
     fresh = work.finished() is None
     if fresh and work.folder.exists():
-        get_run_logger().info(f"{work.name}: no trustworthy result in {work.folder}; running (resuming what is there)")
-    return task_fn.with_options(refresh_cache=fresh)(work, **arguments)
+        logger.info(f"{work.name}: no trustworthy result in {run_root.show(work.folder)}; running (resuming what is there)")
+    output = task_fn.with_options(refresh_cache=fresh)(work, **arguments)
+    if run_root.remote is None:
+        return output
+    pushed = run_root.push(work.folder)
+    if pushed:
+        logger.info(f"{work.name}: {pushed} object(s) written to {run_root.url(work.folder)}")
+    # Prefect's cached result may come from another machine's mirror: its paths are not ours.
+    return recorded_output(work.folder)
 
 
 def _clear(work: Work) -> None:
@@ -90,68 +111,89 @@ def finetune(
 ) -> dict:
     """Run (or resume) the pipeline of `config_path` with `overrides` (dotted keys, e.g.
     {"phases.full.epochs": 3}) into `run_dir` (default runs/<config name>); `force`
-    names steps to recompute. Returns the paths of scores.csv, the chart and submission.csv."""
+    names steps to recompute. `run_dir` may be a gs:// URL. Returns the paths (or URLs)
+    of scores.csv, the chart and submission.csv."""
     config = load_config(config_path, overrides)
     forced = check_force(config, force)
-    root = Path(run_dir) if run_dir else default_run_dir(config_path)
-    with claim_run_root(root, Path(config_path), config) as swept:
+    root = RunRoot(run_dir or default_run_dir(config_path), StorageSettings.of(config))
+    root.pull_loose_files()  # run-config.yaml, for the owner check
+    with claim_run_root(root.local, Path(config_path), config) as swept:
         if swept:
-            get_run_logger().info(f"removed {swept} temporary file(s) left in {root} by an interrupted run")
+            get_run_logger().info(f"removed {swept} temporary file(s) left in {root.local} by an interrupted run")
         configure_runtime(config)
         return _run_steps(config, root, forced)
 
 
-def _run_steps(config: PipelineConfig, root: Path, forced: set[str]) -> dict:
+def local_inputs(config: PipelineConfig) -> PipelineConfig:
+    """The config the tasks get: a gs:// weights file replaced by its copy in the local cache.
+    (Cache keys are computed from the config as written.)"""
+    if not is_remote(config.model.weights):
+        return config
+    path, _ = stage_file(config.model.weights, StorageSettings.of(config))
+    return config.model_copy(update={"model": config.model.model_copy(update={"weights": str(path)})})
+
+
+def _run_steps(config: PipelineConfig, root: RunRoot, forced: set[str]) -> dict:
     logger = get_run_logger()
-    name = root.resolve().name
+    name = (root.remote or str(root.local.resolve())).rsplit("/", 1)[-1]
     steps = len(step_names(config))
     progress = create_progress_artifact(0.0, key=artifact_key(name, "progress"), description=f"steps done of {steps}")
+    inputs = local_inputs(config)
 
-    data = run(ingest_data, keys.ingestion_work(config, root), forced, config=config)
+    data = run(ingest_data, keys.ingestion_work(config, root), forced, root, config=inputs)
+    data = {**data, "data_dir": str(Path(data["manifest"]).parent)}
     update_progress_artifact(progress, 100 * 1 / steps)
-    baseline = run(score_baseline, keys.baseline_work(config, root, data), forced, config=config, data=data)
+    baseline = run(score_baseline, keys.baseline_work(config, root, data), forced, root, config=inputs, data=data)
     update_progress_artifact(progress, 100 * 2 / steps)
 
-    table = ScoreTable(root / "scores.csv")
+    local = root.local
+    table = ScoreTable(local / "scores.csv")
     table.add(baseline["row"])
     title = f"{config.description or name}: MAR@10 on {config.evaluation.split}"
     previous = None
     for number, phase in enumerate(config.phases, start=1):
         work = keys.phase_work(config, root, number, data, previous)
-        previous = run(train_phase, work, forced, config=config, phase_name=phase.name, data=data, previous=previous)
+        previous = run(train_phase, work, forced, root, config=inputs, phase_name=phase.name, data=data,
+                       previous=previous, root=root if root.remote else None)
         rows = phase_rows(previous, config.evaluation.final_split)
         for row in rows:
             table.add(row)
-        write_score_chart(table.rows, root / "scores.png", title=title)
+        write_score_chart(table.rows, local / "scores.png", title=title)
+        root.push(local, recursive=False)  # the scores so far
         create_table_artifact(rows, key=artifact_key(name, "scores", phase.name), description=f"{phase.name}: scores per epoch")
         update_progress_artifact(progress, 100 * (2 + number) / steps)
 
-    extraction = run(extract_embeddings, keys.extraction_work(config, root, data, previous), forced,
-                     config=config, data=data, final=previous)
-    submission = root / "submission.csv"
+    extraction = run(extract_embeddings, keys.extraction_work(config, root, data, previous), forced, root,
+                     config=inputs, data=data, final=previous)
+    embeddings = Path(extraction["embeddings manifest"]).parent
+    submission = local / "submission.csv"
     write_bytes_atomic(submission, Path(extraction["submission"]).read_bytes())
     update_progress_artifact(progress, 100.0)
-    create_markdown_artifact(chart_markdown(title, root / "scores.png", table.rows), key=artifact_key(name, "score-chart"),
+    create_markdown_artifact(chart_markdown(title, local / "scores.png", table.rows), key=artifact_key(name, "score-chart"),
                              description="the leaderboard metric after each phase and epoch")
-    sheet = write_run_sheet(root / "search-sheet.png", Path(extraction["embeddings_dir"]), extraction["split"],
-                            Path(data["data_dir"]))
+    sheet = write_run_sheet(local / "search-sheet.png", embeddings, extraction["split"], Path(data["data_dir"]))
     create_markdown_artifact(sheet_markdown(f"{name}: similar items", sheet), key=artifact_key(name, "search-sheet"),
                              description="a few queries and their nearest index images, by the final model")
+
+    def where(path: Path | str) -> str:  # paths of a local root; URLs of a gs:// one
+        return root.show(Path(path)) if root.remote else str(Path(path).resolve())
+
     summary = {
-        "run_dir": str(root.resolve()),
-        "scores": str(table.path.resolve()),
-        "chart": str((root / "scores.png").resolve()),
-        "submission": str(submission.resolve()),
+        "run_dir": root.identity,
+        "scores": where(table.path),
+        "chart": where(local / "scores.png"),
+        "submission": where(submission),
         "submission_sha256": sha256_file(submission),
-        "embeddings": extraction["embeddings_dir"],
-        "final_model": previous["model"],
+        "embeddings": where(embeddings),
+        "final_model": where(previous["model"]),
         "final_model_sha256": previous["model_sha256"],
         "final_split": extraction["split"],
         "final_scores": extraction["scores"],
-        "search_sheet": str(sheet.resolve()),
+        "search_sheet": where(sheet),
     }
-    write_text_atomic(root / "run.json", json.dumps(summary, indent=1))
-    logger.info(f"submission: {submission} ({extraction['split']}: mar_at_10 {extraction['scores']['mar_at_10']:.4f})")
+    write_text_atomic(local / "run.json", json.dumps(summary, indent=1))
+    root.push(local, recursive=False)
+    logger.info(f"submission: {where(submission)} ({extraction['split']}: mar_at_10 {extraction['scores']['mar_at_10']:.4f})")
     return summary
 
 

@@ -205,6 +205,21 @@ class RuntimeConfig(Section):
     eager: bool = False
 
 
+class StorageConfig(Section):
+    """Local copies of what lives in Cloud Storage (gs://): a machine's setting, not a run's,
+    so it is no part of any cache key. Used when `data.source`, `model.weights` or the run
+    folder is a gs:// URL; ignored otherwise."""
+
+    # The mirror of a gs:// run folder, the staged data shards, sources and weights files.
+    # Give a local disk with room for the data (the shards of eProduct are ~40 GB).
+    cache_dir: str = "~/.cache/product-visual-search"
+    # Staged shards beyond this many GB are evicted, least recently used first (never those
+    # of the running step). null: no limit.
+    cache_size_gb: PositiveFloat | None = 200.0
+    # Files copied at once to and from Cloud Storage.
+    workers: int = Field(16, ge=1, le=256)
+
+
 class PipelineConfig(Section):
     """The whole pipeline; `configs/*.yaml` files are instances of it."""
 
@@ -214,6 +229,7 @@ class PipelineConfig(Section):
     phases: list[Phase] = Field(min_length=1)
     evaluation: EvaluationConfig = EvaluationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _phase_list_is_coherent(self):

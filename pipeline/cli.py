@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="train: ingestion, baseline, the phases and extraction (resumable)")
     run.add_argument("--config", type=Path, required=True, help="a YAML file, e.g. configs/demo.yaml")
-    run.add_argument("--run-dir", type=Path, default=None, help="default runs/<config name>")
+    run.add_argument("--run-dir", default=None, help="a folder or a gs:// URL (default runs/<config name>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. phases.full.epochs=3 (repeatable)")
     run.add_argument("--force", nargs="+", default=[], metavar="STEP",
@@ -107,19 +107,25 @@ def _run(args) -> None:
     overrides = parse_overrides(args.overrides)
     config = load_config(args.config, overrides)
     check_inputs(config, str(args.config))
+    from pipeline.storage import check_locations
+
+    check_locations(args.run_dir or "", config.data.source, config.model.weights)  # gs:// buckets and objects
 
     from flows import check_force, default_run_dir, finetune
     from pipeline.reports import read_scores
     from pipeline.scores import ScoreTable
+    from pipeline.storage import RunRoot, StorageSettings, is_remote
 
     check_force(config, args.force)
-    run_dir = args.run_dir or default_run_dir(args.config)
-    summary = finetune(config_path=str(args.config), overrides=overrides, run_dir=str(run_dir), force=args.force)
-    table = ScoreTable(Path(summary["scores"]))
-    table.rows = read_scores(run_dir)
+    run_dir = str(args.run_dir or default_run_dir(args.config))
+    finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force)
+    local = RunRoot(run_dir, StorageSettings.of(config)).local  # a gs:// run's local mirror holds the same files
+    table = ScoreTable(local / "scores.csv")
+    table.rows = read_scores(local)
     print(table.render())
-    print(f"scores: {run_dir / 'scores.csv'} (chart: {run_dir / 'scores.png'})")
-    print(f"submission: {run_dir / 'submission.csv'}")
+    shown = run_dir.rstrip("/") if is_remote(run_dir) else str(Path(run_dir))
+    print(f"scores: {shown}/scores.csv (chart: {shown}/scores.png)")
+    print(f"submission: {shown}/submission.csv")
 
 
 def _report(args) -> None:

@@ -155,7 +155,7 @@ def check_inputs(config: PipelineConfig, origin: str) -> None:
     try:
         if "://" not in config.data.source:  # remote sources are checked by ingestion itself
             _check_source(config)
-        if config.model.weights not in ("imagenet", "none"):
+        if config.model.weights not in ("imagenet", "none") and "://" not in config.model.weights:  # gs://: staged by the flow
             from phases.model import build_backbone
 
             build_backbone(config.model, image_size=32)  # weights do not depend on the image size; 32 px is cheapest

@@ -3,9 +3,10 @@
 A key covers the task's own config section, the content digest of what it reads
 (the source listing, the data manifest, the parent phase's model sha256), the
 package version, a digest of the code in `phases/` and `tfrecords/`, and the
-folder it writes to. Not the run id: a new run of the same config finds the same
-keys and reuses every finished task. The folder is part of the key because two run
-roots with the same config hold two copies of the outputs.
+run root it writes to. Not the run id: a new run of the same config finds the same
+keys and reuses every finished task. The root is part of the key because two run
+roots with the same config hold two copies of the outputs; a gs:// root is named by
+its URL, so every machine (whatever its local mirror) computes the same keys.
 """
 
 import hashlib
@@ -18,6 +19,7 @@ import phases
 import tfrecords
 from phases.config import PipelineConfig
 from pipeline.records import Work
+from pipeline.storage import RunRoot, is_remote, remote_ingested, source_listing_digest
 from tfrecords.files import sha256_file
 from tfrecords.manifest import MANIFEST_NAME
 from tfrecords.sources import scan_source
@@ -45,11 +47,11 @@ def package_version() -> str:
         return "unknown"
 
 
-def digest(kind: str, folder: Path, **parts) -> str:
-    """The key of a task of `kind` writing to `folder`, from JSON-able `parts`."""
+def digest(kind: str, root: RunRoot, **parts) -> str:
+    """The key of a task of `kind` writing under `root`, from JSON-able `parts`."""
     document = {
         "kind": kind,
-        "folder": str(Path(folder).resolve()),
+        "folder": root.identity,
         "version": package_version(),
         "code": code_digest(),
         **parts,
@@ -80,23 +82,28 @@ def shared_settings(config: PipelineConfig) -> dict:
     }
 
 
-def ingestion_work(config: PipelineConfig, root: Path) -> Work:
+def ingestion_work(config: PipelineConfig, root: RunRoot) -> Work:
     """Ingestion writes RUN_DIR/data (one copy of the shards per run root, resumed in
-    place); an already ingested source is only verified and recorded there."""
-    source = Path(config.data.source)
-    if (source / MANIFEST_NAME).is_file():
-        read = {"ingested": sha256_file(source / MANIFEST_NAME)}
+    place); an already ingested source is only verified and recorded there (a gs://
+    one is staged there). A gs:// source is known by its listing (names, sizes, MD5s)."""
+    source = config.data.source
+    if is_remote(source):
+        read = {"remote": source_listing_digest(source)}
+        if not remote_ingested(source):
+            read["options"] = config.data.ingest.model_dump()
+    elif (Path(source) / MANIFEST_NAME).is_file():
+        read = {"ingested": sha256_file(Path(source) / MANIFEST_NAME)}
     else:
         read = {"source": source_digest(source), "options": config.data.ingest.model_dump()}
-    return Work("ingest", digest("ingest", root, **read), root / "data")
+    return Work("ingest", digest("ingest", root, **read), root.local / "data")
 
 
-def baseline_work(config: PipelineConfig, root: Path, data: dict) -> Work:
+def baseline_work(config: PipelineConfig, root: RunRoot, data: dict) -> Work:
     key = digest("baseline", root, data=data["manifest_sha256"], settings=shared_settings(config))
-    return Work("baseline", key, root / "phases" / f"00-baseline-{key[:12]}")
+    return Work("baseline", key, root.local / "phases" / f"00-baseline-{key[:12]}")
 
 
-def phase_work(config: PipelineConfig, root: Path, number: int, data: dict, previous: dict | None) -> Work:
+def phase_work(config: PipelineConfig, root: RunRoot, number: int, data: dict, previous: dict | None) -> Work:
     """Phase `number` (1-based): its config, the model it starts from, the shared settings, the data."""
     phase = config.phases[number - 1]
     key = digest(
@@ -108,9 +115,9 @@ def phase_work(config: PipelineConfig, root: Path, number: int, data: dict, prev
         settings=shared_settings(config),
         data=data["manifest_sha256"],
     )
-    return Work(phase.name, key, root / "phases" / f"{number:02d}-{phase.name}-{key[:12]}")
+    return Work(phase.name, key, root.local / "phases" / f"{number:02d}-{phase.name}-{key[:12]}")
 
 
-def extraction_work(config: PipelineConfig, root: Path, data: dict, final: dict) -> Work:
+def extraction_work(config: PipelineConfig, root: RunRoot, data: dict, final: dict) -> Work:
     key = digest("extraction", root, model=final["model_sha256"], settings=shared_settings(config), data=data["manifest_sha256"])
-    return Work("extraction", key, root / f"extraction-{key[:12]}")
+    return Work("extraction", key, root.local / f"extraction-{key[:12]}")

@@ -52,6 +52,12 @@ def read_record(folder: Path, key: str) -> dict | None:
     return resolved(folder, record)
 
 
+def recorded_output(folder: Path) -> dict:
+    """The output in `folder`'s record, its paths resolved here, without checking the files:
+    for a record just checked or written (a cached result may hold another machine's paths)."""
+    return resolved(folder, json.loads((folder / RECORD_NAME).read_text()))
+
+
 def resolved(folder: Path, record: dict) -> dict:
     """The record's output plus, per listed file, `<name>` (absolute path) and `<name>_sha256`."""
     output = dict(record["output"])

@@ -138,10 +138,12 @@ def open_run(run_dir: Path) -> FinishedRun:
 
 def _data_dir(run_dir: Path) -> Path:
     """The run's ingested images: RUN_DIR/data, or the already ingested source its ingestion recorded."""
+    folder = run_dir / "data"
     try:
-        return Path(json.loads((run_dir / "data" / "result.json").read_text())["output"]["data_dir"])
-    except (OSError, ValueError, KeyError):
-        return run_dir / "data"
+        manifest = json.loads((folder / "result.json").read_text())["files"]["manifest"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return folder
+    return (folder / manifest).resolve().parent
 
 
 def find_images(path: Path) -> list[Path]:

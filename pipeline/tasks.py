@@ -21,6 +21,16 @@ from phases.siamese import run_siamese_phase
 from phases.unit import PhaseContext
 from pipeline.monitoring import EpochLogger, ScoreReporter, tensorboard_callback
 from pipeline.records import Work, write_record
+from pipeline.storage import (
+    RunRoot,
+    ShardCache,
+    StorageSettings,
+    download,
+    is_remote,
+    join,
+    remote_ingested,
+    stage_source,
+)
 from tfrecords.ingest import ingest, summary
 from tfrecords.manifest import MANIFEST_NAME, EmbeddingManifest, ImageManifest, ShardSet, read_manifest, verify_shards
 
@@ -57,17 +67,39 @@ def cached_task(fn):
 @cached_task
 def ingest_data(work: Work, config: PipelineConfig) -> dict:
     """The source as checked TFRecord shards: ingested into `work.folder`, or the source
-    itself when it is an ingested folder already (its shards are verified)."""
+    itself when it is an ingested folder already (its shards are verified). A gs:// source
+    is staged on local disk first: an ingested one into `work.folder`, through the shard
+    cache; images into the cache, then ingested. Its `manifest` file's folder is the data."""
     logger = get_run_logger()
+    if is_remote(config.data.source):
+        return _ingest_remote(work, config)
     source = Path(config.data.source)
     if (source / MANIFEST_NAME).is_file():
         manifest = read_manifest(source, ImageManifest)
         verify_shards(source, manifest.shards)
         logger.info(f"data: the ingested folder {source} ({len(manifest.shards)} shards verified)")
-        return write_record(work.folder, work.key, {"data_dir": str(source.resolve())}, _shard_set_files(source.resolve(), manifest))
+        return write_record(work.folder, work.key, {}, _shard_set_files(source.resolve(), manifest))
     manifest = ingest(source, work.folder, config.data.ingest, progress=False)  # resumes an interrupted ingestion
     logger.info(summary(manifest))
-    return write_record(work.folder, work.key, {"data_dir": str(work.folder.resolve())}, _shard_set_files(work.folder, manifest))
+    return write_record(work.folder, work.key, {}, _shard_set_files(work.folder, manifest))
+
+
+def _ingest_remote(work: Work, config: PipelineConfig) -> dict:
+    logger = get_run_logger()
+    source, settings = config.data.source, StorageSettings.of(config)
+    if remote_ingested(source):
+        download(join(source, MANIFEST_NAME), work.folder / MANIFEST_NAME)
+        manifest = read_manifest(work.folder, ImageManifest)
+        fetched = ShardCache(settings).stage(source, manifest.shards, work.folder)
+        verify_shards(work.folder, manifest.shards)
+        logger.info(f"data: the ingested folder {source}, staged in {work.folder} "
+                    f"({fetched} of {len(manifest.shards)} shards downloaded, the others from the cache)")
+    else:
+        staged = stage_source(source, settings)
+        logger.info(f"data: {source} staged in {staged}")
+        manifest = ingest(staged, work.folder, config.data.ingest, progress=False, source_name=source)
+        logger.info(summary(manifest))
+    return write_record(work.folder, work.key, {}, _shard_set_files(work.folder, manifest))
 
 
 def _shard_set_files(folder: Path, manifest: ShardSet, name: str = "") -> dict[str, Path]:
@@ -87,17 +119,27 @@ def score_baseline(work: Work, config: PipelineConfig, data: dict) -> dict:
 
 
 @cached_task
-def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: dict, previous: dict | None) -> dict:
+def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: dict, previous: dict | None,
+                root: RunRoot | None = None) -> dict:
     """Train (or resume) one phase in `work.folder`; returns its final model and score rows.
 
     `previous` is the output of the phase before (its model and sha256), None for the first.
+    With a gs:// `root`, the folder is pushed to the bucket after every epoch (checkpoint
+    included), so the phase can resume on another machine.
     """
     logger = get_run_logger()
     phase = config.phase(phase_name)
+    scores = ScoreReporter(logger, phase.name, work.folder / "tensorboard")
+
+    def report(row: dict) -> None:
+        scores(row)
+        if root is not None:
+            root.push(work.folder)
+
     context = PhaseContext(
         data_dir=Path(data["data_dir"]),
         work_dir=work.folder,
-        report=ScoreReporter(logger, phase.name, work.folder / "tensorboard"),
+        report=report,
         callbacks=(EpochLogger(logger, phase.name), tensorboard_callback(work.folder)),
     )
     runner = RUNNERS[phase.kind]
@@ -120,7 +162,7 @@ def extract_embeddings(work: Work, config: PipelineConfig, data: dict, final: di
     """Embeddings of the final split and `submission.csv`, from the final model."""
     result = extract(Path(final["model"]), final["model_sha256"], config, Path(data["data_dir"]), work.folder)
     get_run_logger().info(f"submission: {result.split} mar_at_10 {result.scores['mar_at_10']:.4f}")
-    output = {"split": result.split, "scores": result.scores, "embeddings_dir": str(result.embeddings_dir.resolve())}
+    output = {"split": result.split, "scores": result.scores}  # the embeddings: the folder of "embeddings manifest"
     embeddings = read_manifest(result.embeddings_dir, EmbeddingManifest)
     files = {"submission": result.submission_path, **_shard_set_files(result.embeddings_dir, embeddings, "embeddings ")}
     return write_record(work.folder, work.key, output, files)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -158,3 +159,44 @@ def read_records(data_dir: Path, split: str) -> list[dict]:
 
     dataset = tf.data.TFRecordDataset(shard_paths(data_dir, split)).map(parse_record)
     return list(dataset.as_numpy_iterator())
+
+
+@dataclass(frozen=True)
+class Emulator:
+    """A Cloud Storage emulator on 127.0.0.1: its endpoint and a bucket made for the tests."""
+
+    endpoint: str
+    bucket: str
+
+    def url(self, *parts: str) -> str:
+        return "/".join([f"gs://{self.bucket}", *parts])
+
+
+@pytest.fixture(scope="session")
+def storage_emulator(tmp_path_factory) -> Emulator:
+    """`gcp-storage-emulator` (from PyPI) on 127.0.0.1 for this session, in memory, with the
+    bucket `pvs-test`. STORAGE_EMULATOR_HOST points gcsfs at it, here and in the processes
+    the tests start; recent gcsfs needs GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false to talk to it."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("storage-emulator") / "emulator.log"
+    command = [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--host", "127.0.0.1",
+               "--port", str(port), "--in-memory", "--default-bucket", "pvs-test"]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_http(f"{endpoint}/storage/v1/b/pvs-test", process, timeout=60)
+    except BaseException:
+        stop(process)
+        raise
+    saved = {name: os.environ.get(name) for name in ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}
+    os.environ.update(STORAGE_EMULATOR_HOST=endpoint, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+    try:
+        yield Emulator(endpoint, "pvs-test")
+    finally:
+        stop(process)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -38,8 +38,12 @@ RECORD_OVERHEAD = 192
 SHARD_NAME = re.compile(r"^(?P<split>[a-z_]+)-\d{5}-of-\d{5}\.tfrecord$")
 
 
-def ingest(source: str | Path, out_dir: str | Path, options: IngestOptions, progress: bool = True) -> ImageManifest:
-    """Ingest `source` (CSV or image folder) into `out_dir`; returns the manifest."""
+def ingest(
+    source: str | Path, out_dir: str | Path, options: IngestOptions, progress: bool = True, source_name: str | None = None
+) -> ImageManifest:
+    """Ingest `source` (CSV or image folder) into `out_dir`; returns the manifest.
+    `source_name` is what the manifest records as the source (default: `source`), e.g.
+    the gs:// URL of a source staged on local disk."""
     out = Path(out_dir)
     if out.resolve() == Path(source).resolve():
         raise SourceError(f"{out}: the output folder must not be the source folder")
@@ -71,7 +75,7 @@ def ingest(source: str | Path, out_dir: str | Path, options: IngestOptions, prog
 
     outcomes = [finished[shard.file] for shard in shards]
     manifest = ImageManifest(
-        source=str(source),
+        source=source_name or str(source),
         options=options.model_dump(exclude={"workers"}),
         counts={split: sum(o.records for o in outcomes if o.split == split) for split in SPLITS},
         products=products,

@@ -1,0 +1,71 @@
+"""The whole pipeline with its source images, run folder and artifacts in a bucket (a real
+Cloud Storage emulator on 127.0.0.1): killed on one machine, resumed on another (a new
+local cache), it ends with the scores and submission of the uninterrupted local run."""
+
+import shutil
+import signal
+
+import fsspec
+import pytest
+from conftest import states
+
+from pipeline.storage import mirror_path
+from reliability.conftest import assert_same_scores, read_scores, run_to_end, start_run, tiny_config
+
+
+def bucket_names(url: str) -> list[str]:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return sorted(name[len(path) + 1:] for name in fs.find(path))
+
+
+@pytest.mark.slow
+def test_a_run_in_a_bucket_killed_on_one_machine_resumes_on_another_with_the_uninterrupted_scores(
+    reference, demo_images, storage_emulator, prefect_server, tmp_path
+):
+    source, run_url = storage_emulator.url("remote-run", "images"), storage_emulator.url("remote-run", "run")
+    fs, path = fsspec.core.url_to_fs(source)
+    fs.put(str(demo_images), path, recursive=True)
+    config = tiny_config(tmp_path / "tiny.yaml", source)  # the reference's config, its source in the bucket
+    machine_a, machine_b = tmp_path / "machine-a", tmp_path / "machine-b"
+
+    # Machine A dies while phase 2 writes its second epoch's checkpoint (its first is pushed).
+    killed = start_run(config, run_url, prefect_server, tmp_path / "a.log", "--set", f"storage.cache_dir={machine_a}",
+                       PVS_TEST_ROOT=str(mirror_path(run_url, machine_a)),
+                       PVS_TEST_KILL_AT="phases/02-block7a-*/checkpoints/epoch-0001.json")
+    assert killed.wait() == -signal.SIGKILL, killed.output()[-3000:]
+    stored = bucket_names(run_url)
+    assert any(name.startswith("phases/01-top-") and name.endswith("/result.json") for name in stored)
+    assert any(name.startswith("phases/02-block7a-") and name.endswith("checkpoints/epoch-0000.json") for name in stored)
+    assert not any(name.startswith("phases/02-block7a-") and name.endswith("/result.json") for name in stored)
+    shutil.rmtree(machine_a)  # nothing of machine A's disk is used below
+
+    output = run_to_end(config, run_url, prefect_server, tmp_path / "b.log", "--set", f"storage.cache_dir={machine_b}")
+    assert "block7a: resumed after epoch 1 from its checkpoint" in output
+    assert states(output)["top"] == "Cached"  # not trained again
+    mirror = mirror_path(run_url, machine_b)
+    assert_same_scores(read_scores(mirror), reference.scores)
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{run_url[5:]}/submission.csv") == reference.submission
+    assert fs.cat_file(f"{run_url[5:]}/scores.csv") == (mirror / "scores.csv").read_bytes()
+    stored = bucket_names(run_url)
+    assert {"run.json", "run-config.yaml", "scores.png", "search-sheet.png"} <= set(stored)
+    assert "run.lock" not in stored
+
+
+def test_a_run_folder_in_a_missing_bucket_is_refused_with_one_line(storage_emulator, demo_images, prefect_server, tmp_path):
+    config = tiny_config(tmp_path / "tiny.yaml", demo_images)
+    run = start_run(config, "gs://no-such-bucket/runs/tiny", prefect_server, tmp_path / "run.log")
+    assert run.wait() == 2
+    lines = run.output().strip().splitlines()
+    assert lines[-1].startswith("error: gs://no-such-bucket: no such bucket"), lines[-5:]
+    assert "Traceback" not in run.output()
+
+
+def test_a_missing_source_object_is_refused_with_one_line(storage_emulator, prefect_server, tmp_path):
+    config = tiny_config(tmp_path / "tiny.yaml", storage_emulator.url("nowhere", "products.csv"))
+    run = start_run(config, tmp_path / "run", prefect_server, tmp_path / "run.log")
+    assert run.wait() == 2
+    assert run.output().strip().splitlines()[-1] == (
+        "error: gs://pvs-test/nowhere/products.csv: no such object (while reading the source)"
+    )

@@ -1,0 +1,180 @@
+"""gs:// storage against a real Cloud Storage emulator on 127.0.0.1 (`storage_emulator`):
+run-folder mirrors pushed and pulled, shards staged through the cache, remote sources,
+and the errors a missing bucket or object gives."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from pipeline.records import write_record
+from pipeline.storage import (
+    RemoteStorageError,
+    RunRoot,
+    ShardCache,
+    StorageSettings,
+    remote_listing,
+    stage_file,
+    stage_source,
+)
+from tfrecords.manifest import ImageManifest, read_manifest
+
+
+def settings(tmp_path: Path, cache_bytes: int | None = None) -> StorageSettings:
+    return StorageSettings(tmp_path / "cache", cache_bytes, workers=4)
+
+
+def bucket_files(url: str) -> dict[str, bytes]:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return {name[len(path) + 1:]: fs.cat_file(name) for name in fs.find(path)}
+
+
+def upload_folder(folder: Path, url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    for file in sorted(folder.rglob("*")):
+        if file.is_file():
+            fs.put_file(str(file), f"{path}/{file.relative_to(folder).as_posix()}")
+
+
+def test_a_pushed_step_folder_is_pulled_on_another_machine_byte_for_byte(storage_emulator, tmp_path):
+    url = storage_emulator.url("push-pull", "run")
+    here = RunRoot(url, settings(tmp_path / "a"))
+    step = here.local / "phases" / "01-top"
+    (step / "checkpoints").mkdir(parents=True)
+    (step / "checkpoints" / "epoch-0000.keras").write_bytes(os.urandom(300_000))
+    (step / "model.keras").write_bytes(os.urandom(1000))
+    write_record(step, "key-1", {"phase": "top"}, {"model": step / "model.keras"})
+
+    assert here.push(step) == 3
+    assert here.push(step) == 0  # nothing changed: nothing is copied again
+    (here.local / "run.lock").touch()
+    (here.local / "scores.csv").write_text("phase,epoch\n")
+    here.push(here.local, recursive=False)
+    assert "run.lock" not in bucket_files(url)  # the mirror's lock means nothing elsewhere
+
+    there = RunRoot(url, settings(tmp_path / "b"))
+    assert there.local != here.local
+    assert there.pull_loose_files() == 1
+    assert there.pull(there.local / "phases" / "01-top", "another key") == 3  # unfinished there: everything
+    for file in step.rglob("*"):
+        if file.is_file():
+            assert (there.local / file.relative_to(here.local)).read_bytes() == file.read_bytes()
+
+
+def test_pulling_a_finished_step_brings_only_what_its_record_lists(storage_emulator, tmp_path):
+    url = storage_emulator.url("finished", "run")
+    here = RunRoot(url, settings(tmp_path / "a"))
+    step = here.local / "phases" / "01-top"
+    (step / "checkpoints").mkdir(parents=True)
+    (step / "checkpoints" / "epoch-0000.keras").write_bytes(b"checkpoint")
+    (step / "model.keras").write_bytes(b"model")
+    write_record(step, "key-1", {}, {"model": step / "model.keras"})
+    here.push(step)
+
+    there = RunRoot(url, settings(tmp_path / "b"))
+    assert there.pull(there.local / "phases" / "01-top", "key-1") == 2  # the record and model.keras
+    assert sorted(p.name for p in (there.local / "phases" / "01-top").rglob("*")) == ["model.keras", "result.json"]
+
+
+def test_push_deletes_from_the_bucket_what_was_deleted_here(storage_emulator, tmp_path):
+    url = storage_emulator.url("pruned", "run")
+    root = RunRoot(url, settings(tmp_path))
+    step = root.local / "phases" / "01-top" / "checkpoints"
+    step.mkdir(parents=True)
+    for epoch in range(3):
+        (step / f"epoch-{epoch:04d}.keras").write_bytes(bytes([epoch]) * 10)
+    root.push(root.local / "phases" / "01-top")
+    (step / "epoch-0000.keras").unlink()  # pruned, as save_checkpoint does
+    assert root.push(root.local / "phases" / "01-top") == 1
+    assert sorted(bucket_files(url)) == ["phases/01-top/checkpoints/epoch-0001.keras",
+                                         "phases/01-top/checkpoints/epoch-0002.keras"]
+
+
+def test_shards_are_staged_through_the_cache_once_and_checked_against_the_manifest(storage_emulator, ingested, tmp_path):
+    url = storage_emulator.url("staged", "data")
+    upload_folder(ingested, url)
+    manifest = read_manifest(ingested, ImageManifest)
+    cache = ShardCache(settings(tmp_path))
+
+    assert cache.stage(url, manifest.shards, tmp_path / "one") == len(manifest.shards)
+    assert cache.stage(url, manifest.shards, tmp_path / "two") == 0  # another run: all from the cache
+    for shard in manifest.shards:
+        assert (tmp_path / "two" / shard.file).read_bytes() == (ingested / shard.file).read_bytes()
+        assert os.path.samefile(tmp_path / "one" / shard.file, tmp_path / "two" / shard.file)  # links, not copies
+
+    damaged = manifest.shards[0]
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.pipe_file(f"{path}/{damaged.file}", b"x" * damaged.bytes)
+    with pytest.raises(RemoteStorageError, match=f"{damaged.file}: sha256 .* its manifest says"):
+        ShardCache(settings(tmp_path / "elsewhere")).stage(url, [damaged], tmp_path / "three")
+
+
+def test_the_cache_evicts_the_least_recently_used_shards_beyond_its_size(storage_emulator, ingested, tmp_path):
+    url = storage_emulator.url("evicted", "data")
+    upload_folder(ingested, url)
+    shards = read_manifest(ingested, ImageManifest).shards
+    first, second = shards[:4], shards[4:8]
+    limit = sum(shard.bytes for shard in second) + 1
+    cache = ShardCache(settings(tmp_path, cache_bytes=limit))
+    cache.stage(url, first, tmp_path / "first")
+    cache.stage(url, second, tmp_path / "second")
+    kept = {path.name for path in cache.folder.iterdir()}
+    assert kept == {shard.sha256 for shard in second}  # the older ones went; the ones staged now stay
+    assert all((tmp_path / "first" / shard.file).is_file() for shard in first)  # staged folders keep their links
+
+
+def test_a_remote_csv_source_is_staged_with_the_images_it_names(storage_emulator, demo_images, tmp_path):
+    url = storage_emulator.url("csv-source")
+    images = sorted(path.relative_to(demo_images).as_posix() for path in demo_images.rglob("*.jpg"))[:6]
+    fs, path = fsspec.core.url_to_fs(url)
+    for name in images:
+        fs.put_file(str(demo_images / name), f"{path}/{name}")
+    rows = "path,product_id\n" + "".join(f"{name},{name.split('/')[1]}\n" for name in images)
+    fs.pipe_file(f"{path}/products.csv", rows.encode())
+    fs.pipe_file(f"{path}/not-named.jpg", b"not copied")
+
+    staged = stage_source(f"{url}/products.csv", settings(tmp_path))
+    copied = sorted(p.relative_to(staged.parent).as_posix() for p in staged.parent.rglob("*") if p.is_file())
+    assert copied == sorted([*images, "products.csv"])
+
+    fs.pipe_file(f"{path}/absolute.csv", b"path,product_id\ngs://other/a.jpg,p1\n")
+    with pytest.raises(RemoteStorageError, match="relative to its own folder"):
+        stage_source(f"{url}/absolute.csv", settings(tmp_path))
+    fs.pipe_file(f"{path}/missing.csv", b"path,product_id\nnowhere/a.jpg,p1\n")
+    with pytest.raises(RemoteStorageError, match="1 image.* not in .*nowhere/a.jpg"):
+        stage_source(f"{url}/missing.csv", settings(tmp_path))
+
+
+def test_a_missing_bucket_or_object_is_one_clear_error(storage_emulator, tmp_path):
+    with pytest.raises(RemoteStorageError, match=r"^gs://no-such-bucket: no such bucket"):
+        RunRoot("gs://no-such-bucket/runs/x", settings(tmp_path)).pull_loose_files()
+    with pytest.raises(RemoteStorageError, match=r"^gs://pvs-test/nothing/here.weights.h5: no such object"):
+        stage_file(storage_emulator.url("nothing", "here.weights.h5"), settings(tmp_path))
+    with pytest.raises(RemoteStorageError, match=r"^gs://pvs-test/no-images: no such object"):
+        stage_source(storage_emulator.url("no-images"), settings(tmp_path))
+
+
+def test_a_remote_file_is_downloaded_again_only_when_it_changed(storage_emulator, tmp_path):
+    url = storage_emulator.url("weights", "backbone.weights.h5")
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.pipe_file(path, b"first")
+    local, digest = stage_file(url, settings(tmp_path))
+    assert local.read_bytes() == b"first"
+    before = local.stat().st_mtime_ns
+    assert stage_file(url, settings(tmp_path)) == (local, digest) and local.stat().st_mtime_ns == before
+    fs.pipe_file(path, b"second")
+    assert stage_file(url, settings(tmp_path))[0].read_bytes() == b"second"
+
+
+def test_listing_names_objects_relative_to_the_folder(storage_emulator, tmp_path):
+    url = storage_emulator.url("listing")
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.pipe_file(f"{path}/a/b.txt", b"12345")
+    listing = remote_listing(url)
+    assert list(listing) == ["a/b.txt"] and listing["a/b.txt"]["size"] == 5
+    json.dumps(listing)  # plain data
+    shutil.rmtree(tmp_path, ignore_errors=True)
