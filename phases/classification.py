@@ -4,15 +4,31 @@ Resume order, the same for every phase: (1) the newest valid checkpoint of this
 phase in its work folder, (2) the previous phase's final model, (3) a new model
 from `model.weights`. Each epoch: train, score `val` with the backbone's pooled
 features, save a checkpoint, report the row.
+
+Under a tf.distribute strategy (`runtime.strategy`) the model and its optimizer are made
+in the strategy's scope and `fit` splits each global batch across the replicas; scoring
+runs outside it, on this process's device (`phases.distribute.local_model`). Under a
+multi-worker strategy every worker trains, and only the chief writes checkpoints and the
+final model into the (shared) work folder and reports rows: the others read the
+chief's checkpoints when they resume.
 """
 
 import time
+from functools import partial
 from pathlib import Path
 
 import keras
 
 from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
 from phases.config import ClassificationPhase, PipelineConfig
+from phases.distribute import (
+    alike_every_iteration,
+    is_chief,
+    needs_static_shapes,
+    prepare,
+    set_precision,
+    synchronize_batch_norm,
+)
 from phases.errors import ConfigError
 from phases.model import backbone_of, build_backbone, build_classifier, calibrate_batch_norm, set_trainable
 from phases.scoring import accuracy, embed_split, embedding_scores
@@ -80,6 +96,7 @@ def initial_classifier(config: PipelineConfig, data_dir: Path, classes: int) -> 
 
 def baseline_row(config: PipelineConfig, data_dir: Path) -> dict:
     """The `baseline` row: the untrained model's backbone features scored on val."""
+    set_precision(config.runtime.precision)
     _, classes = class_labels(config, read_manifest(data_dir, ImageManifest))
     backbone = backbone_of(initial_classifier(config, data_dir, classes))
     return {"phase": "baseline", "epoch": 0, **score_split(backbone, config, data_dir, config.evaluation.split, None)}
@@ -92,35 +109,43 @@ def run_classification_phase(
     previous: tuple[Path, str] | None = None,
 ) -> PhaseResult:
     """Train one classification phase; `previous` is the (model path, sha256) it starts from."""
+    strategy = prepare(config.runtime)
+    chief = is_chief(strategy)
     manifest = read_manifest(context.data_dir, ImageManifest)
     verify_shards(context.data_dir, manifest.shards)  # once per phase; epochs read unverified
     labels_of, classes = class_labels(config, manifest)
     checkpoints = context.work_dir / "checkpoints"
-    checkpoint = latest_checkpoint(checkpoints)
-    if checkpoint is not None:
-        model, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
-        set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)  # the same flags as saved: the optimizer state still fits
-    else:
-        if previous is not None:
-            # Seeded here: loading draws the seeds of the model's Dropout layers (Keras does
-            # not save them), which must not depend on what ran before in this process. A
-            # run resumed at this phase's start must draw what an uninterrupted one did.
-            seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
-            model = load_model(previous[0], previous[1], compile=False)
+    with strategy.scope():  # the model's, the optimizer's and the metrics' variables
+        checkpoint = latest_checkpoint(checkpoints)
+        if checkpoint is not None:
+            model, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
+            set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)  # the same flags as saved: the optimizer state still fits
         else:
-            model = initial_classifier(config, context.data_dir, classes)
-        set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
-        model.compile(
-            optimizer=keras.optimizers.Adam(phase.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=["accuracy"],
-        )
-        start, rows = 0, []
-    scorer = classifier_scorer(model)
+            if previous is not None:
+                # Seeded here: loading draws the seeds of the model's Dropout layers (Keras does
+                # not save them), which must not depend on what ran before in this process. A
+                # run resumed at this phase's start must draw what an uninterrupted one did.
+                seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
+                model = load_model(previous[0], previous[1], compile=False)
+            else:
+                model = initial_classifier(config, context.data_dir, classes)
+            set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
+            model.compile(
+                optimizer=keras.optimizers.Adam(phase.learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(),  # in float32, as the probabilities
+                metrics=["accuracy"],
+                jit_compile=config.runtime.jit_compile,
+            )
+            start, rows = 0, []
+        synchronize_batch_norm(model, strategy)
+    scorer = classifier_scorer(model)  # made outside the scope: it predicts on this process's device
     for epoch in range(start, phase.epochs):
         started = time.perf_counter()
         history = model.fit(
-            _training_batches(phase, config, context.data_dir, labels_of, epoch),
+            alike_every_iteration(
+                partial(_training_batches, phase, config, context.data_dir, labels_of, epoch, needs_static_shapes(strategy)),
+                strategy,
+            ),
             epochs=epoch + 1,
             initial_epoch=epoch,
             verbose=0,
@@ -133,17 +158,21 @@ def run_classification_phase(
                "train_seconds": round(time.perf_counter() - started, 3)}
         row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, labels_of, verify=False))
         rows.append(row)
-        save_checkpoint(checkpoints, epoch, model, {"rows": rows})
-        context.report(row)
-    return finish_phase(phase.name, config, context, model, "model.keras", (scorer, labels_of), rows, checkpoint)
+        if chief:
+            save_checkpoint(checkpoints, epoch, model, {"rows": rows})
+            context.report(row)
+    return finish_phase(phase.name, config, context, model, "model.keras", (scorer, labels_of), rows, checkpoint, chief)
 
 
 def finish_phase(name: str, config: PipelineConfig, context: PhaseContext, model: keras.Model, file_name: str,
-                 scoring: tuple[keras.Model, str | None], rows: list[dict], checkpoint) -> PhaseResult:
+                 scoring: tuple[keras.Model, str | None], rows: list[dict], checkpoint, chief: bool = True) -> PhaseResult:
     """Save a trained phase's final model in its work folder and score the final split with
-    `scoring` (a scorer and the labels it classifies, as `score_split` takes them)."""
+    `scoring` (a scorer and the labels it classifies, as `score_split` takes them).
+
+    A worker that is not the chief saves nothing (Keras' save reads the variables' local
+    values, no collective op): its result names the chief's model, with no sha256 ("")."""
     model_path = context.work_dir / file_name
-    digest = save_model(model, model_path)
+    digest = save_model(model, model_path) if chief else ""
     final_group = config.evaluation.final_split
     final_scores = None
     if read_manifest(context.data_dir, ImageManifest).has_queries(final_group):
@@ -155,15 +184,19 @@ def finish_phase(name: str, config: PipelineConfig, context: PhaseContext, model
         rows=rows,
         final_scores=final_scores,
         resumed_after_epoch=checkpoint.epoch + 1 if checkpoint is not None else None,
+        extra={} if chief else {"chief": False},
     )
 
 
-def _training_batches(phase, config: PipelineConfig, data_dir: Path, labels_of: str, epoch: int):
+def _training_batches(phase, config: PipelineConfig, data_dir: Path, labels_of: str, epoch: int, static_shapes: bool = False):
+    """This epoch's (images, labels) batches of `data.batch_size` (the global batch: Keras
+    splits it across the replicas). `static_shapes` (TPUs) drops the last, partial batch."""
     options = ReadOptions(
         image_size=config.data.image_size,
         augment=phase.augment,
         shuffle_buffer=config.data.shuffle_buffer,
         batch_size=config.data.batch_size,
+        drop_remainder=static_shapes,
         seed=epoch_seed(config.runtime.seed, phase.name, epoch),
         deterministic=config.runtime.deterministic,
         verify=False,

@@ -203,6 +203,45 @@ class RuntimeConfig(Section):
     # is several times slower. For debugging and tiny smoke runs (the test suite runs
     # every named config this way); never for real data.
     eager: bool = False
+    # Where the phases train (tf.distribute), chosen once per process:
+    # `auto`: a TPU when a TPU cluster resolver finds one, else MultiWorkerMirroredStrategy
+    # when TF_CONFIG names several workers, else MirroredStrategy when this machine has
+    # several GPUs, else the default (one device). Or one of them by name: `default`,
+    # `mirrored` (every local GPU, else every logical CPU), `multi_worker` (the cluster of
+    # TF_CONFIG; every worker runs the same phase on the same work folder, which only the
+    # chief writes), `tpu`. `data.batch_size` is the global batch, split across replicas.
+    # Scoring runs on each worker's own first device, over every eval image, in order.
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    # Keras' dtype policy: `float32`; `mixed_float16` (GPUs with tensor cores: about twice
+    # as fast, with Keras' loss scaling); `mixed_bfloat16` (TPUs, recent GPUs; CPUs only
+    # for testing). Layers compute in 16 bits while the weights stay float32; the losses,
+    # the class probabilities and the final embeddings are float32.
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # XLA compilation of the train and predict steps: `auto` is Keras' choice (on for one
+    # GPU; off on CPUs, under tf.distribute strategies and with `deterministic`); `true`
+    # forces it (faster steps on GPUs, after a longer first compilation); `false` turns it
+    # off. TPUs compile every step with XLA whatever it says.
+    jit_compile: bool | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _settings_fit_together(self):
+        if self.jit_compile is True and self.deterministic:
+            raise ValueError(
+                "jit_compile: true and deterministic: true do not go together: TensorFlow's op "
+                "determinism does not cover XLA (Keras would turn XLA off again); set jit_compile: auto or "
+                "false for reproducible runs, or deterministic: false for XLA"
+            )
+        if self.jit_compile is True and self.eager:
+            raise ValueError(
+                "jit_compile: true compiles the steps with XLA, eager: true runs them without "
+                "tf.function; set one of them to false"
+            )
+        if self.strategy == "tpu" and self.precision == "mixed_float16":
+            raise ValueError(
+                "precision: mixed_float16 is for GPUs; TPUs compute in bfloat16: use mixed_bfloat16 "
+                "with strategy: tpu"
+            )
+        return self
 
 
 class StorageConfig(Section):

@@ -5,10 +5,15 @@ Each batch holds `labels_per_batch` train images x `views_per_label` of their si
 labels are the source image (`labels: view`) or its product (`labels: product`). The
 model is the embedder itself (images -> unit vectors), so its final model serves the
 extraction directly. Resume order as in every phase: this phase's checkpoint, then the
-previous phase's model (its backbone gets a new head), then a new backbone.
+previous phase's model (its backbone gets a new head), then a new backbone. Under a
+tf.distribute strategy, as in classification.py: model and optimizer in its scope, each
+replica's loss mined on its share of the batch (`labels_per_batch` should be a multiple
+of the replica count, so that no image's views are split), scoring outside it, and only
+the chief writes and reports.
 """
 
 import time
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -17,6 +22,7 @@ import tensorflow as tf
 from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint
 from phases.classification import class_labels, finish_phase, initial_classifier, score_split
 from phases.config import EndToEndPhase, PipelineConfig
+from phases.distribute import alike_every_iteration, is_chief, local_model, prepare, synchronize_batch_norm
 from phases.errors import ConfigError
 from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import backbone_of, build_embedder, build_projection, set_trainable
@@ -37,6 +43,8 @@ def run_end_to_end_phase(
     previous: tuple[Path, str] | None = None,
 ) -> PhaseResult:
     """Train the embedder; its final model is `embedder.keras` in the work folder."""
+    strategy = prepare(config.runtime)
+    chief = is_chief(strategy)
     manifest = read_manifest(context.data_dir, ImageManifest)
     verify_shards(context.data_dir, manifest.shards)  # once per phase; epochs read unverified
     if manifest.counts.get("train", 0) < phase.labels_per_batch:
@@ -45,19 +53,22 @@ def run_end_to_end_phase(
             f"the data has {manifest.counts.get('train', 0)}; lower labels_per_batch"
         )
     checkpoints = context.work_dir / "checkpoints"
-    checkpoint = latest_checkpoint(checkpoints)
-    if checkpoint is not None:
-        model, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
-        set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
-    else:
-        model = _initial_embedder(phase, config, context.data_dir, manifest, previous)
-        compile_for_schedule(model, phase)
-        start, rows = 0, []
+    with strategy.scope():  # the model's and the optimizer's variables
+        checkpoint = latest_checkpoint(checkpoints)
+        if checkpoint is not None:
+            model, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
+            set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
+        else:
+            model = _initial_embedder(phase, config, context.data_dir, manifest, previous)
+            compile_for_schedule(model, phase, config.runtime.jit_compile)
+            start, rows = 0, []
+        synchronize_batch_norm(model, strategy)
+    scorer = local_model(model)  # predicts on this process's device, every row in order
     for epoch in range(start, phase.epochs):
         step = apply_schedule_step(model, phase, epoch)
         started = time.perf_counter()
         history = model.fit(
-            _training_batches(phase, config, context.data_dir, epoch),
+            alike_every_iteration(partial(_training_batches, phase, config, context.data_dir, epoch), strategy),
             epochs=epoch + 1,
             initial_epoch=epoch,
             verbose=0,
@@ -68,11 +79,12 @@ def run_end_to_end_phase(
         check_loss(phase.name, epoch, loss, f"Lower this epoch's learning rate ({step.learning_rate}) and run again.")
         row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin,
                "learning_rate": step.learning_rate, "train_seconds": round(time.perf_counter() - started, 3)}
-        row.update(score_split(model, config, context.data_dir, config.evaluation.split, None, verify=False))
+        row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, None, verify=False))
         rows.append(row)
-        save_checkpoint(checkpoints, epoch, model, {"rows": rows})
-        context.report(row)
-    return finish_phase(phase.name, config, context, model, "embedder.keras", (model, None), rows, checkpoint)
+        if chief:
+            save_checkpoint(checkpoints, epoch, model, {"rows": rows})
+            context.report(row)
+    return finish_phase(phase.name, config, context, model, "embedder.keras", (scorer, None), rows, checkpoint, chief)
 
 
 def _initial_embedder(phase: EndToEndPhase, config: PipelineConfig, data_dir: Path, manifest, previous) -> keras.Model:
@@ -106,4 +118,5 @@ def _training_batches(phase: EndToEndPhase, config: PipelineConfig, data_dir: Pa
             return element["image"], element["product_id"]
         return element["image"], tf.strings.to_hash_bucket_fast(element["image_id"], VIEW_LABEL_BUCKETS)
 
+    # read_view_groups always drops the last, partial batch: static batch shapes, as TPUs need.
     return read_view_groups(data_dir, "train", options, phase.views_per_label).map(labelled)

@@ -15,6 +15,7 @@ embeddings are float16/bfloat16 (mixed precision), as TFA did:
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 DISTANCE_METRICS = ("L2", "squared-L2", "angular")
@@ -188,16 +189,20 @@ class _BatchLoss(keras.losses.Loss):
         check_distance_metric(distance_metric)  # now, not at the first batch
         self.distance_metric = distance_metric
         # A variable, not a float: compiled train steps read its current value, so a
-        # margin schedule can change it between epochs without recompiling. float64 so
-        # that get_config() gives back 0.1, not 0.10000000149; the losses use float32.
+        # margin schedule can change it between epochs without recompiling. float32, as
+        # the losses use it (TPUs have no float64); `margin` reads it back as the shortest
+        # decimal of that float32, so that get_config() gives back 0.1, not 0.10000000149.
         if isinstance(margin, keras.Variable):
             self._margin = margin
         else:
-            self._margin = keras.Variable(float(margin), trainable=False, dtype="float64", name="margin")
+            self._margin = keras.Variable(float(margin), trainable=False, dtype="float32", name="margin")
 
     @property
     def margin(self) -> float:
-        return float(ops.convert_to_tensor(self._margin))
+        value = ops.convert_to_numpy(self._margin)
+        if value.dtype == np.float32:
+            return float(np.format_float_positional(np.float32(value), unique=True))
+        return float(value)
 
     @margin.setter
     def margin(self, value: float):
@@ -300,10 +305,15 @@ def make_loss(phase, margin: float) -> keras.losses.Loss:
     return ContrastiveLoss(margin=margin, distance_metric=phase.distance_metric)
 
 
-def compile_for_schedule(model: keras.Model, phase) -> None:
-    """Compile an embedding phase's model with Adam and its loss, at the schedule's first step."""
+def compile_for_schedule(model: keras.Model, phase, jit_compile: bool | str = "auto") -> None:
+    """Compile an embedding phase's model with Adam and its loss, at the schedule's first step
+    (in the strategy's scope when there is one: the optimizer's variables are made here).
+    `jit_compile`: `runtime.jit_compile`. The loss is computed in float32 under mixed precision
+    too (a Keras loss's dtype is floatx, and these losses cast the embeddings to float32)."""
     first = phase.margin_schedule[0]
-    model.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin))
+    model.compile(
+        optimizer=keras.optimizers.Adam(first.learning_rate), loss=make_loss(phase, first.margin), jit_compile=jit_compile
+    )
 
 
 def apply_schedule_step(model: keras.Model, phase, epoch: int):

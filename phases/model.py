@@ -10,6 +10,10 @@
   or MILDNet's head: Dense(hidden, relu) -> Dropout -> Dense(projection_dim) -> L2;
 * embedder (extraction): backbone -> projection, or the backbone alone.
 
+Under a mixed precision policy (`runtime.precision`) the layers compute in 16 bits, but
+the class probabilities and the embedding head's last Dense and normalisation are
+float32 layers: outputs, and the losses computed from them, are float32.
+
 Only serialisable Keras layers are used (no Lambda), so saved models load in
 Keras safe mode.
 """
@@ -110,7 +114,9 @@ def build_classifier(backbone: keras.Model, classes: int, dropout: float) -> ker
     features = backbone.output
     x = keras.layers.BatchNormalization(name="head_batch_norm")(features)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(classes, activation="softmax", name="head_classes")(x)
+    # float32 under mixed precision too (Keras' advice for the last layer): a 16-bit softmax
+    # rounds small probabilities to 0, and the loss takes their logarithm.
+    outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32", name="head_classes")(x)
     return keras.Model(backbone.input, outputs, name="classifier")
 
 
@@ -176,8 +182,10 @@ def build_projection(
     if head == "mildnet":
         hidden = keras.layers.Dense(hidden_dim, activation="relu", name="projection_hidden")(hidden)
         hidden = keras.layers.Dropout(dropout, name="projection_dropout")(hidden)
-    projected = keras.layers.Dense(projection_dim, name="projection_dense")(hidden)
-    embedding = keras.layers.UnitNormalization(axis=-1, name="projection_l2")(projected)
+    # The final Dense and the normalisation in float32 under mixed precision too: the embeddings
+    # are float32 (bfloat16 keeps 8 bits of mantissa: cosines would move by ~1e-2).
+    projected = keras.layers.Dense(projection_dim, dtype="float32", name="projection_dense")(hidden)
+    embedding = keras.layers.UnitNormalization(axis=-1, dtype="float32", name="projection_l2")(projected)
     return keras.Model(features, embedding, name="projection")
 
 

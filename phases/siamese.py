@@ -8,9 +8,19 @@ batches of `labels_per_batch` labels x `views_per_label` members, following the
 margin schedule: each step sets the loss margin and the learning rate for its
 epochs. Resume order as in every phase: this phase's checkpoint, then the
 previous phase's model, then a new backbone.
+
+Under a tf.distribute strategy only the projection is distributed: it and its optimizer
+are made in the strategy's scope, and Keras splits each batch of `LabelBalancedBatches`
+across the replicas (its rows are grouped by label, so with `labels_per_batch` a
+multiple of the replica count each replica gets whole labels, and mines its triplets
+among them). The backbone caches features and the projection is scored outside it, on
+this process's device. Under a multi-worker strategy only the chief writes into the
+work folder and reports; the other workers cache features in a temporary folder.
 """
 
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +30,7 @@ import numpy as np
 from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
 from phases.classification import class_labels, initial_classifier
 from phases.config import PipelineConfig, SiamesePhase
+from phases.distribute import is_chief, local_model, prepare
 from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import backbone_of, build_embedder, build_projection
 from phases.scoring import embed_split, embedding_scores
@@ -102,7 +113,9 @@ def load_group(features: Path, group: str) -> tuple[EmbeddingArrays, EmbeddingAr
 def project_scores(
     projection: keras.Model, query: EmbeddingArrays, index: EmbeddingArrays, triplet_sample: int
 ) -> dict:
-    """Retrieval scores and triplet accuracy (`embedding_scores`) of the projected query and index features."""
+    """Retrieval scores and triplet accuracy (`embedding_scores`) of the projected query and index features.
+
+    `projection` must predict outside any strategy (`local_model`): every row, in order."""
     return embedding_scores(
         projection.predict(query.vectors, verbose=0, batch_size=4096),
         query.product_ids,
@@ -119,27 +132,42 @@ def run_siamese_phase(
     previous: tuple[Path, str] | None = None,
 ) -> PhaseResult:
     """Train the projection; the final models are `projection.keras` and `embedder.keras`."""
+    strategy = prepare(config.runtime)
+    chief = is_chief(strategy)
+    # A worker that is not the chief caches its features in a folder of its own, deleted at the end.
+    scratch = None if chief else Path(tempfile.mkdtemp(prefix="pvs-worker-features-"))
+    try:
+        return _train_projection(phase, config, context, previous, strategy, chief, scratch)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_projection(phase, config, context, previous, strategy, chief: bool, scratch: Path | None) -> PhaseResult:
     if previous is not None:
         backbone, backbone_sha256 = backbone_of(load_model(previous[0], previous[1], compile=False)), previous[1]
     else:
         _, classes = class_labels(config, read_manifest(context.data_dir, ImageManifest))
         backbone = backbone_of(initial_classifier(config, context.data_dir, classes))
         backbone_sha256 = f"initial:{config.model.model_dump_json()}:{config.runtime.seed}"
-    features = cache_features(backbone, backbone_sha256, config, context.data_dir, context.work_dir / "features")
+    features_dir = context.work_dir / "features" if scratch is None else scratch / "features"
+    features = cache_features(backbone, backbone_sha256, config, context.data_dir, features_dir)
     train = load_embeddings(features, "train")
     labels = train_labels(train, phase.labels)
     evaluation = load_group(features, config.evaluation.split)
     checkpoints = context.work_dir / "checkpoints"
-    checkpoint = latest_checkpoint(checkpoints)
-    if checkpoint is not None:
-        projection, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
-    else:
-        # Seeded here: the projection's initial weights must not depend on what ran
-        # before in this process (a run that reused phases 1-3 draws the same ones).
-        seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
-        projection = build_projection(train.vectors.shape[1], phase.projection_dim, phase.head, phase.hidden_dim, phase.head_dropout)
-        compile_for_schedule(projection, phase)
-        start, rows = 0, []
+    with strategy.scope():  # the projection's and the optimizer's variables
+        checkpoint = latest_checkpoint(checkpoints)
+        if checkpoint is not None:
+            projection, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
+        else:
+            # Seeded here: the projection's initial weights must not depend on what ran
+            # before in this process (a run that reused phases 1-3 draws the same ones).
+            seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
+            projection = build_projection(train.vectors.shape[1], phase.projection_dim, phase.head, phase.hidden_dim, phase.head_dropout)
+            compile_for_schedule(projection, phase, config.runtime.jit_compile)
+            start, rows = 0, []
+    scorer = local_model(projection)  # predicts on this process's device, every row in order
     for epoch in range(start, phase.epochs):
         step = apply_schedule_step(projection, phase, epoch)
         batches = LabelBalancedBatches(
@@ -160,17 +188,20 @@ def run_siamese_phase(
         check_loss(phase.name, epoch, loss, f"Lower this epoch's learning rate ({step.learning_rate}) and run again.")
         row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin,
                "learning_rate": step.learning_rate, "train_seconds": round(time.perf_counter() - started, 3)}
-        row.update(project_scores(projection, *evaluation, config.evaluation.triplet_sample))
+        row.update(project_scores(scorer, *evaluation, config.evaluation.triplet_sample))
         rows.append(row)
-        save_checkpoint(checkpoints, epoch, projection, {"rows": rows})
-        context.report(row)
-    save_model(projection, context.work_dir / "projection.keras")
+        if chief:
+            save_checkpoint(checkpoints, epoch, projection, {"rows": rows})
+            context.report(row)
     embedder_path = context.work_dir / "embedder.keras"
-    digest = save_model(build_embedder(backbone, projection), embedder_path)
+    digest = ""  # a worker that is not the chief writes no model: see finish_phase
+    if chief:
+        save_model(projection, context.work_dir / "projection.keras")
+        digest = save_model(build_embedder(backbone, projection), embedder_path)
     final_group = config.evaluation.final_split
     final_scores = None
     if read_manifest(context.data_dir, ImageManifest).has_queries(final_group):
-        final_scores = project_scores(projection, *load_group(features, final_group), config.evaluation.triplet_sample)
+        final_scores = project_scores(scorer, *load_group(features, final_group), config.evaluation.triplet_sample)
     return PhaseResult(
         name=phase.name,
         model_path=embedder_path,
@@ -178,5 +209,5 @@ def run_siamese_phase(
         rows=rows,
         final_scores=final_scores,
         resumed_after_epoch=checkpoint.epoch + 1 if checkpoint is not None else None,
-        extra={"train_views": len(labels)},
+        extra={"train_views": len(labels)} if chief else {"train_views": len(labels), "chief": False},
     )

@@ -35,7 +35,9 @@ class PhaseContext:
 class PhaseResult:
     """A finished phase: its final model (path and sha256), one score row per epoch,
     the scores of the final split (None when the data has none), and the epoch it
-    resumed after (None when it started from scratch)."""
+    resumed after (None when it started from scratch). On a worker that is not the chief
+    of a multi-worker strategy, which writes nothing, `model_path` is where the chief
+    saved the model, `model_sha256` is "" and `extra` holds {"chief": False}."""
 
     name: str
     model_path: Path

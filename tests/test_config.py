@@ -89,3 +89,24 @@ def test_yaml_is_read_safely(tmp_path):
     unsafe.write_text("data: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(unsafe)
+
+
+def test_runtime_strategy_precision_and_xla_settings():
+    config = load_config(SEED)
+    assert (config.runtime.strategy, config.runtime.precision, config.runtime.jit_compile) == ("auto", "float32", "auto")
+    overrides = parse_overrides(["runtime.strategy=multi_worker", "runtime.precision=mixed_bfloat16", "runtime.jit_compile=true"])
+    runtime = load_config(SEED, overrides).runtime
+    assert (runtime.strategy, runtime.precision, runtime.jit_compile) == ("multi_worker", "mixed_bfloat16", True)
+    assert load_config(SEED, parse_overrides(["runtime.jit_compile=false"])).runtime.jit_compile is False
+    refused = {
+        "runtime.strategy=horovod": "runtime.strategy: Input should be 'auto', 'default', 'mirrored', 'multi_worker' or 'tpu'",
+        "runtime.precision=float16": "runtime.precision: Input should be 'float32', 'mixed_float16' or 'mixed_bfloat16'",
+        "runtime.jit_compile=sometimes": "runtime.jit_compile",
+        "runtime.jit_compile=true,runtime.deterministic=true": "jit_compile: true and deterministic: true do not go together",
+        "runtime.jit_compile=true,runtime.eager=true": "eager: true runs them without tf.function",
+        "runtime.strategy=tpu,runtime.precision=mixed_float16": "use mixed_bfloat16 with strategy: tpu",
+    }
+    for settings, message in refused.items():
+        with pytest.raises(ConfigError, match="invalid config") as error:
+            load_config(SEED, parse_overrides(settings.split(",")))
+        assert message in str(error.value), settings

@@ -50,7 +50,9 @@ class ReadOptions(BaseModel):
     augment: Literal["none", "random", "all"] = "none"
     shuffle_buffer: int = Field(0, ge=0)  # records; 0 keeps the shard order
     batch_size: int | None = Field(None, ge=1)
-    drop_remainder: bool = False  # static batch shapes, as TPUs need
+    # Drop the last, partial batch: every batch has the static shape TPUs need. For training
+    # batches only (the phases set it under a TPU strategy); evaluation must see every image.
+    drop_remainder: bool = False
     seed: int = 0
     # Same elements in the same order on every run (slower: no out-of-order parallelism).
     deterministic: bool = False
