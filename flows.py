@@ -9,6 +9,10 @@ phase from its last epoch checkpoint; changing phase 3 reruns phase 3, phase 4 a
 extraction. Before trusting a cache hit, the flow checks the folder's record (files
 present, sha256 matching) and has the task recompute when it does not hold.
 
+The extraction is one task per image shard of the final split (RUN_DIR/embeddings/..., keyed
+by the shard's and the final model's digests), `evaluation.extraction_concurrency` at a time
+on the flow's task runner, then one task merging them: a rerun embeds only missing shards.
+
 The run folder may be a gs:// URL (`pipeline/storage.py`): steps then work in a local
 mirror, pull their folder from the bucket before they start and push it back after
 every epoch and at their end, so a run killed on one machine resumes on another.
@@ -18,6 +22,7 @@ every epoch and at their end, so a run killed on one machine resumes on another.
 
 import json
 import shutil
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +33,12 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.futures import as_completed
 
 import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
 from phases.config import PipelineConfig
 from phases.errors import ConfigError
+from phases.extraction import final_shards
 from pipeline import keys
 from pipeline.charts import write_score_chart
 from pipeline.compare import artifact_markdown, read_runs, write_chart
@@ -44,7 +51,7 @@ from pipeline.runtime import configure_runtime
 from pipeline.scores import ScoreTable, phase_rows
 from pipeline.search import sheet_markdown, write_run_sheet
 from pipeline.storage import RunRoot, StorageSettings, is_remote, stage_file
-from pipeline.tasks import extract_embeddings, ingest_data, score_baseline, train_phase
+from pipeline.tasks import embed_shard, extract_embeddings, ingest_data, score_baseline, train_phase
 from tfrecords.files import sha256_file, write_bytes_atomic, write_text_atomic
 
 install_log_filters()
@@ -71,8 +78,16 @@ def run(task_fn, work: Work, forced: set[str], run_root: RunRoot, **arguments) -
     """Call a cached task for `work`: recomputed (its folder cleared) when forced, and
     with Prefect's cached result refreshed when the folder's record does not hold.
     Under a gs:// root, the folder is pulled from the bucket first and pushed after."""
+    fresh = before_task(work, work.name in forced, run_root)
+    return after_task(work, run_root, task_fn.with_options(refresh_cache=fresh)(work, **arguments))
+
+
+def before_task(work: Work, forced: bool, run_root: RunRoot) -> bool:
+    """Ready `work`'s folder for its task: cleared (here and in the bucket) when forced, else
+    pulled from the bucket (a gs:// root). Returns whether the task must run, Prefect's cached
+    result refreshed: when the folder holds no trustworthy record."""
     logger = get_run_logger()
-    if work.name in forced:
+    if forced:
         logger.info(f"{work.name}: forced; clearing {run_root.show(work.folder)}")
         if work.folder.exists():
             _clear(work)
@@ -85,9 +100,14 @@ def run(task_fn, work: Work, forced: set[str], run_root: RunRoot, **arguments) -
     fresh = work.finished() is None
     if fresh and work.folder.exists():
         logger.info(f"{work.name}: no trustworthy result in {run_root.show(work.folder)}; running (resuming what is there)")
-    output = task_fn.with_options(refresh_cache=fresh)(work, **arguments)
+    return fresh
+
+
+def after_task(work: Work, run_root: RunRoot, output: dict) -> dict:
+    """The output of `work`'s finished task; under a gs:// root, once its folder is pushed."""
     if run_root.remote is None:
         return output
+    logger = get_run_logger()
     pushed = run_root.push(work.folder)
     if pushed:
         logger.info(f"{work.name}: {pushed} object(s) written to {run_root.url(work.folder)}")
@@ -163,8 +183,9 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: set[str]) -> dict:
         create_table_artifact(rows, key=artifact_key(name, "scores", phase.name), description=f"{phase.name}: scores per epoch")
         update_progress_artifact(progress, 100 * (2 + number) / steps)
 
+    shards = embed_shards(config, inputs, root, "extraction" in forced, data, previous)
     extraction = run(extract_embeddings, keys.extraction_work(config, root, data, previous), forced, root,
-                     config=inputs, data=data, final=previous)
+                     config=inputs, data=data, final=previous, shards=shards)
     embeddings = Path(extraction["embeddings manifest"]).parent
     submission = local / "submission.csv"
     write_bytes_atomic(submission, Path(extraction["submission"]).read_bytes())
@@ -195,6 +216,31 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: set[str]) -> dict:
     root.push(local, recursive=False)
     logger.info(f"submission: {where(submission)} ({extraction['split']}: mar_at_10 {extraction['scores']['mar_at_10']:.4f})")
     return summary
+
+
+def embed_shards(config: PipelineConfig, inputs: PipelineConfig, root: RunRoot, forced: bool, data: dict,
+                 final: dict) -> list[dict]:
+    """`embed_shard` for each image shard of the final split, submitted to the flow's task
+    runner `evaluation.extraction_concurrency` at a time, each folder readied as `run` does
+    (pulled before its task is submitted, pushed once its result is in). Returns the tasks'
+    outputs, in shard order."""
+    group, shards = final_shards(config, Path(data["data_dir"]))
+    works = [keys.shard_work(config, root, shard, final) for shard in shards]
+    waiting, running, outputs, reused = deque(range(len(works))), {}, [None] * len(works), 0
+    while waiting or running:
+        while waiting and len(running) < config.evaluation.extraction_concurrency:
+            number = waiting.popleft()
+            fresh = before_task(works[number], forced, root)
+            reused += not fresh
+            task = embed_shard.with_options(refresh_cache=fresh)
+            future = task.submit(works[number], config=inputs, data_dir=data["data_dir"], shard=shards[number], final=final)
+            running[future] = number
+        future = next(as_completed(list(running)))
+        number = running.pop(future)
+        outputs[number] = after_task(works[number], root, future.result())
+    get_run_logger().info(f"extraction: {len(works)} embedding shard(s) of {group}: {reused} reused, "
+                          f"{len(works) - reused} computed")
+    return outputs
 
 
 @flow(name="compare-runs", description="Runs side by side: mar_at_10 per phase, test score, model size, time.")

@@ -191,6 +191,11 @@ class EvaluationConfig(Section):
     # MILDNet's triplet accuracy is scored on at most this many query and index images
     # (a seeded sample): it compares every positive pair with every negative, O(n^2).
     triplet_sample: int = Field(2000, ge=3)
+    # Embedding shards extracted at once (one task per image shard of the final split, on
+    # the flow's task runner), each task with its own copy of the final model. 1: one
+    # shard's reading and inference already use every core and the accelerator; raise it
+    # when they do not (slow storage, small shards). No part of any cache key.
+    extraction_concurrency: int = Field(1, ge=1, le=64)
 
 
 class RuntimeConfig(Section):
@@ -250,10 +255,11 @@ class StorageConfig(Section):
     folder is a gs:// URL; ignored otherwise."""
 
     # The mirror of a gs:// run folder, the staged data shards, sources and weights files.
-    # Give a local disk with room for the data (the shards of eProduct are ~40 GB).
+    # Give a local disk with room for the data: eProduct's 2.4M images take ~50 GB of shards
+    # at 20 KB a JPEG, ~240 GB at 100 KB (README, "Running at scale").
     cache_dir: str = "~/.cache/product-visual-search"
     # Staged shards beyond this many GB are evicted, least recently used first (never those
-    # of the running step). null: no limit.
+    # of the running step, so the disk must hold one dataset whatever this says). null: no limit.
     cache_size_gb: PositiveFloat | None = 200.0
     # Files copied at once to and from Cloud Storage.
     workers: int = Field(16, ge=1, le=256)

@@ -21,7 +21,7 @@ from phases.config import PipelineConfig
 from pipeline.records import Work
 from pipeline.storage import RunRoot, is_remote, remote_ingested, source_listing_digest
 from tfrecords.files import sha256_file
-from tfrecords.manifest import MANIFEST_NAME
+from tfrecords.manifest import MANIFEST_NAME, ShardEntry
 from tfrecords.sources import scan_source
 
 DISTRIBUTION = "product-visual-search"
@@ -78,7 +78,7 @@ def shared_settings(config: PipelineConfig) -> dict:
         "model": config.model.model_dump(),
         "inputs": config.data.model_dump(include={"image_size", "batch_size", "shuffle_buffer"}),
         "runtime": config.runtime.model_dump(),
-        "evaluation": config.evaluation.model_dump(),
+        "evaluation": config.evaluation.model_dump(exclude={"extraction_concurrency"}),  # how fast, not what
     }
 
 
@@ -119,5 +119,27 @@ def phase_work(config: PipelineConfig, root: RunRoot, number: int, data: dict, p
 
 
 def extraction_work(config: PipelineConfig, root: RunRoot, data: dict, final: dict) -> Work:
+    """The extraction's last step: the embedding shards merged, the submission and the scores."""
     key = digest("extraction", root, model=final["model_sha256"], settings=shared_settings(config), data=data["manifest_sha256"])
     return Work("extraction", key, root.local / f"extraction-{key[:12]}")
+
+
+def vector_settings(config: PipelineConfig) -> dict:
+    """What an image's embedding depends on besides the model file: the model config, the
+    image size, the inference batch and the runtime (precision, determinism, ...)."""
+    return {
+        "model": config.model.model_dump(),
+        "image_size": config.data.image_size,
+        "batch_size": config.evaluation.batch_size,
+        "runtime": config.runtime.model_dump(),
+    }
+
+
+def shard_work(config: PipelineConfig, root: RunRoot, shard: ShardEntry, final: dict) -> Work:
+    """The embeddings of one image shard of the final split: RUN_DIR/embeddings/<shard>-<key>,
+    outside the extraction's folder: the same final model reuses them whatever else changed
+    (the evaluation's other options, another shard of the split), a new one reuses none."""
+    key = digest("embed_shard", root, shard=shard.sha256, set=shard.split, model=final["model_sha256"],
+                 settings=vector_settings(config))
+    stem = shard.file.removesuffix(".tfrecord")
+    return Work(f"embed {stem}", key, root.local / "embeddings" / f"{stem}-{key[:12]}")

@@ -1,4 +1,5 @@
-"""The flow's tasks: ingestion, the baseline, one training phase, extraction.
+"""The flow's tasks: ingestion, the baseline, one training phase, extraction (one task
+per image shard of the final split, then one merging them).
 
 Every task writes into its own folder and ends by writing the folder's record
 (`pipeline/records.py`). Its Prefect cache key is the key of that folder, so a
@@ -16,7 +17,8 @@ from prefect import get_run_logger, task
 from phases.classification import baseline_row, run_classification_phase
 from phases.config import PipelineConfig
 from phases.end_to_end import run_end_to_end_phase
-from phases.extraction import extract
+from phases.extraction import embed_shard as embed_image_shard
+from phases.extraction import final_group, merge
 from phases.siamese import run_siamese_phase
 from phases.unit import PhaseContext
 from pipeline.monitoring import EpochLogger, ScoreReporter, tensorboard_callback
@@ -32,7 +34,15 @@ from pipeline.storage import (
     stage_source,
 )
 from tfrecords.ingest import ingest, summary
-from tfrecords.manifest import MANIFEST_NAME, EmbeddingManifest, ImageManifest, ShardSet, read_manifest, verify_shards
+from tfrecords.manifest import (
+    MANIFEST_NAME,
+    EmbeddingManifest,
+    ImageManifest,
+    ShardEntry,
+    ShardSet,
+    read_manifest,
+    verify_shards,
+)
 
 RUNNERS = {"classification": run_classification_phase, "siamese": run_siamese_phase, "end_to_end": run_end_to_end_phase}
 
@@ -158,9 +168,21 @@ def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: dict,
 
 
 @cached_task
-def extract_embeddings(work: Work, config: PipelineConfig, data: dict, final: dict) -> dict:
-    """Embeddings of the final split and `submission.csv`, from the final model."""
-    result = extract(Path(final["model"]), final["model_sha256"], config, Path(data["data_dir"]), work.folder)
+def embed_shard(work: Work, config: PipelineConfig, data_dir: str, shard: ShardEntry, final: dict) -> dict:
+    """The embeddings of one image shard of the final split, by the final model, in `work.folder`."""
+    manifest = embed_image_shard(Path(final["model"]), final["model_sha256"], config, Path(data_dir), shard, work.folder)
+    get_run_logger().info(f"{work.name}: {manifest.count} image(s) embedded")
+    return write_record(work.folder, work.key, {"set": shard.split, "image_shard": shard.file},
+                        _shard_set_files(work.folder, manifest))
+
+
+@cached_task
+def extract_embeddings(work: Work, config: PipelineConfig, data: dict, final: dict, shards: list[dict]) -> dict:
+    """The embeddings of the final split (the outputs of `embed_shard`, in shard order, merged),
+    `submission.csv` and the scores."""
+    group = final_group(config, read_manifest(Path(data["data_dir"]), ImageManifest))
+    parts = [Path(shard["manifest"]).parent for shard in shards]
+    result = merge(parts, final["model_sha256"], config, group, work.folder)
     get_run_logger().info(f"submission: {result.split} mar_at_10 {result.scores['mar_at_10']:.4f}")
     output = {"split": result.split, "scores": result.scores}  # the embeddings: the folder of "embeddings manifest"
     embeddings = read_manifest(result.embeddings_dir, EmbeddingManifest)

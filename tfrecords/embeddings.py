@@ -5,15 +5,21 @@ A folder holds one or more named sets (`train`, `val_query`, ...), each cut into
 dimension, counts and sha256 of every shard. A record holds `embedding` (the
 vector as raw little-endian float32 bytes: ~4x faster to parse than a float
 list), `image/id`, `product/id`, `category/id` and `view`.
+
+`merge_embeddings` gathers the folders of several parts (the extraction's, one per image
+shard) into one such folder, their files hard-linked in and renumbered per set.
 """
 
+import os
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tfrecords.errors import UserError
-from tfrecords.files import atomic_writer, sha256_file
+from tfrecords.files import atomic_writer, sha256_file, temporary_name
 from tfrecords.manifest import EmbeddingManifest, ShardEntry, read_manifest, verify_shards, write_manifest
 from tfrecords.record_format import encode_example, write_record
 
@@ -98,6 +104,46 @@ class EmbeddingWriter:
     def __exit__(self, kind, error, traceback):
         if kind is None:
             self.close()
+
+
+def merge_embeddings(parts: Sequence[str | Path], folder: str | Path, metadata: dict | None = None) -> EmbeddingManifest:
+    """One embeddings folder of the shards of the folders `parts`, in that order (rows of a
+    set: the parts' rows one part after the other). Each part's shards are checked against
+    its manifest, then hard-linked into `folder` (copied across file systems) as
+    `<set>-NNNNN.tfrecord`, numbered per set; the manifest, with `metadata`, is written last."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[ShardEntry] = []
+    dims = set()
+    for part in map(Path, parts):
+        manifest = read_manifest(part, EmbeddingManifest)
+        verify_shards(part, manifest.shards)
+        dims.add(manifest.dim)
+        for shard in manifest.shards:
+            name = f"{shard.split}-{sum(1 for entry in shards if entry.split == shard.split):05d}.tfrecord"
+            _link(part / shard.file, folder / name)
+            shards.append(shard.model_copy(update={"file": name}))
+    if len(dims) != 1:
+        raise ValueError(f"cannot merge embeddings of dimensions {sorted(dims)}" if dims else "no embeddings to merge")
+    manifest = EmbeddingManifest(shards=shards, dim=dims.pop(), count=sum(s.records for s in shards), metadata=metadata or {})
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def _link(source: Path, destination: Path) -> None:
+    """`destination` becomes the same file as `source` (renamed into place): a hard link, or a copy."""
+    if destination.exists() and os.path.samefile(source, destination):
+        return
+    temporary = temporary_name(destination)
+    temporary.unlink()
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_embeddings(folder: str | Path, split: str, batch_size: int | None = None, verify: bool = True):

@@ -12,6 +12,7 @@ string and `view` int32 (which of the six views, 0 without augmentation).
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from tfrecords.errors import UserError
@@ -36,11 +37,19 @@ def parse_record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     return tf.io.parse_single_example(serialized, RECORD_FEATURES)
 
 
-def shard_paths(data_dir: str | Path, splits: str | Sequence[str], verify: bool = True) -> list[str]:
-    """Paths of the shards of `splits`, checked against the manifest when `verify`."""
+def shard_paths(
+    data_dir: str | Path, splits: str | Sequence[str], verify: bool = True, shard_files: Sequence[str] | None = None
+) -> list[str]:
+    """Paths of the shards of `splits` (only the shard files named in `shard_files`, when given;
+    in manifest order), checked against the manifest when `verify`."""
     splits = [splits] if isinstance(splits, str) else list(splits)
     manifest = read_manifest(data_dir, ImageManifest)
     shards = [shard for split in splits for shard in manifest.shards_of(split)]
+    if shard_files is not None:
+        unknown = sorted(set(shard_files) - {shard.file for shard in shards})
+        if unknown:
+            raise UserError(f"{data_dir}: no shard {', '.join(unknown)} in split(s) {', '.join(splits)}")
+        shards = [shard for shard in shards if shard.file in set(shard_files)]
     if not shards:
         raise UserError(
             f"{data_dir}: no images in split(s) {', '.join(splits)}; the manifest has "
@@ -51,19 +60,36 @@ def shard_paths(data_dir: str | Path, splits: str | Sequence[str], verify: bool 
     return [str(Path(data_dir) / shard.file) for shard in shards]
 
 
-def read_images(data_dir: str | Path, splits: str | Sequence[str], options: ReadOptions) -> tf.data.Dataset:
-    """The reading pipeline for `splits` of an ingested folder (see module docstring)."""
-    paths = shard_paths(data_dir, splits, options.verify)
+def _interleave(files: tf.data.Dataset, count: int, open_file, deterministic: bool) -> tf.data.Dataset:
+    """The elements of `count` files, up to 8 open at a time, one element of each in turn."""
+    return files.interleave(open_file, cycle_length=min(count, 8), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def read_order(records: Sequence[int]) -> np.ndarray:
+    """The order in which `read_images` (deterministic, no shuffling) yields the records of
+    shards holding `records` records each: [n, 2] rows of (shard position, record number)."""
+    if not records:
+        return np.zeros((0, 2), np.int64)
+    counts = tf.constant(list(records), tf.int64)
+
+    def numbered(shard):
+        return tf.data.Dataset.range(counts[shard]).map(lambda record: tf.stack([shard, record]))
+
+    rows = _interleave(tf.data.Dataset.range(len(records)), len(records), numbered, deterministic=True)
+    return np.concatenate(list(rows.batch(65536).as_numpy_iterator()))
+
+
+def read_images(
+    data_dir: str | Path, splits: str | Sequence[str], options: ReadOptions, shard_files: Sequence[str] | None = None
+) -> tf.data.Dataset:
+    """The reading pipeline for `splits` of an ingested folder (see module docstring);
+    only the shard files named in `shard_files`, when given."""
+    paths = shard_paths(data_dir, splits, options.verify, shard_files)
     deterministic = options.deterministic
     files = tf.data.Dataset.from_tensor_slices(paths)
     if options.shuffle_buffer:
         files = files.shuffle(len(paths), seed=options.seed, reshuffle_each_iteration=True)
-    records = files.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(paths), 8),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
+    records = _interleave(files, len(paths), tf.data.TFRecordDataset, deterministic)
     if options.shuffle_buffer:
         records = records.shuffle(options.shuffle_buffer, seed=options.seed + 1, reshuffle_each_iteration=True)
     size = options.image_size

@@ -3,9 +3,10 @@ completes, keeps every finished step and epoch, and ends with the scores of an
 uninterrupted run.
 
 The kill points are landmarks of the uninterrupted run (the files it renames into
-place, in order: shards, manifests, checkpoints, models, features, embeddings,
-records; see kill_hook/sitecustomize.py), drawn at random with a seed that is
-printed and can be replayed with PVS_RELIABILITY_SEED=<seed>. A kill with delay 0
+place, in order: shards, manifests, checkpoints, models, features, the embeddings of
+each image shard, the merged embeddings, records; see kill_hook/sitecustomize.py),
+drawn at random with a seed that is printed and can be replayed with
+PVS_RELIABILITY_SEED=<seed>. A kill with delay 0
 lands mid-write (the file exists only under its temporary name); a delayed kill
 lands wherever the process is a moment later (mid-epoch, mid-extraction).
 """
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import states
+
 from reliability.conftest import (
     assert_same_scores,
     finished_files,
@@ -58,7 +59,7 @@ def next_kill_point(pending: list[str], kills_left: int, rng: random.Random) -> 
     else:
         landmark = rng.choice(pending[: max(1, len(pending) // kills_left)])
     # A delayed kill near the end might come after the process has ended.
-    late = stage(landmark).startswith("extraction") or stage(landmark) == "summary"
+    late = stage(landmark).startswith("extraction") or stage(landmark) in ("embeddings", "summary")
     delay = 0.0 if late or rng.random() < 0.5 else round(rng.uniform(0.2, 2.0), 2)
     return KillPoint(landmark, delay)
 
