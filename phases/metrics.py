@@ -15,11 +15,18 @@ from tfrecords.errors import UserError
 TOP_K = 10  # the leaderboard cut-off of MAR@10, MAP@10 and recall@10
 SIMILARITY_BYTES = 4  # float32
 # A [queries x index] float32 block of this size is computed at a time. The search
-# needs about 2.3x the block (np.partition copies it, the >= mask adds a byte per
-# entry): with 128 MiB, a 1M-item index is searched 33 queries at a time in about
-# 0.3 GB on top of the index, where 10k queries at once would need 40 GB. On 2,000 x
-# 100,000 x 512 (2 cores), 256 MiB saved ~2% of CPU time over 128 MiB, 32 MiB cost ~30%.
-DEFAULT_BLOCK_BYTES = 128 * 2**20
+# needs about 1.3x the block (the >= masks add a byte per entry; 2.3x where heavy ties
+# make _depth_th_largest partition the whole block, which copies it): with 256 MiB, a
+# 1M-item index is searched 67 queries at a time in about 0.33 GB on top of the index,
+# where 10k queries at once would need 40 GB. The fewer the queries per block, the more
+# often the whole index is read from memory: on 1,000 x 1M x 512 (2 cores), 256 MiB took
+# 27% less CPU time than 128 MiB, 512 MiB 38% less. On 2,000 x 100,000 x 512, 256 MiB
+# saved ~2% over 128 MiB, 32 MiB cost ~30%.
+DEFAULT_BLOCK_BYTES = 256 * 2**20
+# triplet_accuracy's [anchors x items] distance blocks, a few of them alive at a time.
+TRIPLET_BLOCK_BYTES = 128 * 2**20
+# _top_ranked bounds each row's depth-th largest similarity by the maxima of groups of this many items.
+PARTITION_GROUP = 256
 DISTANCE_METRICS = ("L2", "squared-L2", "angular")
 # The keys of retrieval_scores, in the order score tables show them.
 SCORE_NAMES = (
@@ -49,8 +56,9 @@ def retrieval_scores(
         index_embeddings: [n_index, dim] floats.
         index_labels: [n_index] int product ids.
         max_block_bytes: bytes of the [chunk, n_index] float32 similarity block
-            computed at a time; peak working memory is about 2.3x this, plus a
-            float32 copy of the index when it is not float32 already.
+            computed at a time; peak working memory is about 1.3x this (2.3x
+            with heavy ties), plus a float32 copy of the index when it is not
+            float32 already.
         chunk_size: queries per block; by default as many as fit max_block_bytes.
 
     Returns:
@@ -156,7 +164,7 @@ def triplet_accuracy(labels, embeddings, distance_metric: str = "angular") -> fl
         label with two items, or a single label): undefined, not zero.
 
     Cost: O(n^2 log n) time (per anchor, the negative distances are sorted and
-    each positive distance looked up), and anchor blocks of DEFAULT_BLOCK_BYTES.
+    each positive distance looked up), and anchor blocks of TRIPLET_BLOCK_BYTES.
     """
     embeddings = _checked_embeddings("triplet", embeddings)
     labels = _checked_labels("triplet", labels, embeddings)
@@ -164,7 +172,7 @@ def triplet_accuracy(labels, embeddings, distance_metric: str = "angular") -> fl
         raise MetricInputError(f"distance_metric must be one of {', '.join(DISTANCE_METRICS)}; got {distance_metric!r}")
     distances_from = _distance_rows(embeddings, distance_metric)
     correct = total = 0
-    block_rows = max(1, DEFAULT_BLOCK_BYTES // (max(1, len(labels)) * SIMILARITY_BYTES))
+    block_rows = max(1, TRIPLET_BLOCK_BYTES // (max(1, len(labels)) * SIMILARITY_BYTES))
     for start in range(0, len(labels), block_rows):
         anchors = np.arange(start, min(start + block_rows, len(labels)))
         for anchor, distances in zip(anchors, distances_from(anchors)):
@@ -235,6 +243,7 @@ def _search(queries, index, rows, depths, max_block_bytes, chunk_size):
         similarities = (queries[chunk] * query_scale[chunk, None]) @ index.T
         similarities *= index_scale  # normalising after the product spares a copy of the index
         yield (start, chunk, *_top_ranked(similarities, depth=min(len(index), int(depths[chunk].max()))))
+        del similarities  # else the block stays alive while the next one is computed: twice the memory
 
 
 def _squared_norms(name: str, vectors: np.ndarray) -> np.ndarray:
@@ -266,14 +275,13 @@ def _top_ranked(similarities: np.ndarray, depth: int) -> tuple[np.ndarray, np.nd
     """Each row's `depth` most similar items, best first: positions [c, depth] and their similarities.
 
     Exact, with equal similarities ranked by lower position. The depth-th
-    largest value of each row is found in O(n_index) (np.partition, which
-    copies the block), then the items at or above it are gathered and only
-    they are sorted. Where ties at that value would give a row more than
-    depth items, its highest-positioned tied items are dropped one row at a
-    time, so even all-equal similarities (a collapsed model) stay in budget.
+    largest value of each row is found in O(n_index) (_depth_th_largest),
+    then the items at or above it are gathered and only they are sorted.
+    Where ties at that value would give a row more than depth items, its
+    highest-positioned tied items are dropped one row at a time, so even
+    all-equal similarities (a collapsed model) stay in budget.
     """
-    n_index = similarities.shape[1]
-    threshold = np.partition(similarities, n_index - depth, axis=1)[:, n_index - depth, None]
+    threshold = _depth_th_largest(similarities, depth)
     selected = similarities >= threshold  # a byte per similarity
     surplus = np.count_nonzero(selected, axis=1) - depth
     for row in np.flatnonzero(surplus):
@@ -284,6 +292,36 @@ def _top_ranked(similarities: np.ndarray, depth: int) -> tuple[np.ndarray, np.nd
     # A stable sort keeps the lower position first among equal similarities.
     order = np.argsort(-values, axis=1, kind="stable")
     return np.take_along_axis(positions, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def _depth_th_largest(similarities: np.ndarray, depth: int) -> np.ndarray:
+    """[c, 1] each row's depth-th largest similarity: np.partition's value, mostly at a fraction of its cost.
+
+    np.partition copies the block and runs on one core, at about 15 ns an item
+    on 1M-item rows: longer than the matrix product of those rows on 2 cores.
+    Instead, the depth-th largest of the rows' group maxima (groups of
+    PARTITION_GROUP items) bounds the answer from below, as depth groups hold
+    an item at or above it; only the items at or above the bound, typically a
+    few dozen a row, are partitioned. Where they would fill more than an
+    eighth of the block (heavy ties), the whole block is partitioned.
+    """
+    n_rows, n_index = similarities.shape
+    group_starts = np.arange(0, n_index, PARTITION_GROUP)
+    if len(group_starts) >= depth:
+        maxima = np.maximum.reduceat(similarities, group_starts, axis=1)
+        bound = np.partition(maxima, len(group_starts) - depth, axis=1)[:, len(group_starts) - depth, None]
+        candidates = similarities >= bound
+        counts = np.count_nonzero(candidates, axis=1)
+        width = int(counts.max())
+        if n_rows * width <= similarities.size // 8:
+            # Each row's candidates, left-aligned in a [c, width] block padded with -inf.
+            row_of = np.repeat(np.arange(n_rows), counts)
+            column_of = np.arange(len(row_of)) - np.repeat(np.cumsum(counts) - counts, counts)
+            padded = np.full((n_rows, width), -np.inf, dtype=similarities.dtype)
+            padded[row_of, column_of] = similarities[candidates]
+            similarities = padded
+    n_index = similarities.shape[1]
+    return np.partition(similarities, n_index - depth, axis=1)[:, n_index - depth, None]
 
 
 def _query_scores(relevant: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from phases import metrics
 from phases.metrics import MetricInputError, nearest_neighbours, retrieval_scores, triplet_accuracy
 from phases.scoring import embedding_scores, triplet_sample_rows
 
@@ -47,7 +48,7 @@ def brute_force_scores(queries, query_labels, index, index_labels) -> dict:
         ranking = np.argsort(-similarities[row], kind="stable")
         relevant = [int(index_labels[position] == label) for position in ranking]
 
-        def average_precision(cutoff, denominator):
+        def average_precision(cutoff, denominator, relevant=relevant):
             return sum(sum(relevant[:r]) / r * relevant[r - 1] for r in range(1, cutoff + 1)) / denominator
 
         per_query["mar_at_10"].append(sum(relevant[:10]) / min(10, relevant_count))
@@ -278,3 +279,76 @@ def test_triplet_accuracy_is_left_out_when_the_sample_has_no_valid_triplet():
     # Two products of two items each, at most 3 sampled: one whole product fits, a single label has no negative.
     scores = embedding_scores([[1.0, 0.0], [0.0, 1.0]], [5, 6], [[1.0, 0.1], [0.1, 1.0]], [5, 6], triplet_sample=3)
     assert "triplet_accuracy" not in scores and scores["mar_at_10"] == 1.0
+
+
+# ---- the search at scale: the partition shortcut, agreement with faiss -----------------------------------------
+
+
+def test_the_partition_shortcut_ranks_exactly_as_a_full_partition(monkeypatch):
+    queries, _, index, _ = clustered_data(seed=11, n_query=40, n_index=5000, dim=8, duplicates=1000)
+    queries[3] = 0  # ties everything: its chunk falls back to partitioning the whole block
+    shortcut = nearest_neighbours(queries, index, k=12, chunk_size=8)
+    monkeypatch.setattr(metrics, "PARTITION_GROUP", len(index))  # a single group: no shortcut
+    full_partition = nearest_neighbours(queries, index, k=12, chunk_size=8)
+    np.testing.assert_array_equal(shortcut[0], full_partition[0])
+    np.testing.assert_array_equal(shortcut[1], full_partition[1])
+
+
+def faiss_neighbours(queries, index, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and similarities of faiss' exact IndexFlatIP search over L2-normalised float32 vectors."""
+    faiss = pytest.importorskip("faiss")
+    unit_queries, unit_index = np.array(queries, dtype=np.float32), np.array(index, dtype=np.float32)
+    faiss.normalize_L2(unit_queries)
+    faiss.normalize_L2(unit_index)
+    flat = faiss.IndexFlatIP(unit_index.shape[1])
+    flat.add(unit_index)
+    similarities, positions = flat.search(unit_queries, k)
+    return positions, similarities
+
+
+def listed_cosines(queries, index, positions) -> np.ndarray:
+    """[n_query, k] float64 cosine similarity of each query with the index rows listed for it."""
+    queries, listed = np.asarray(queries, dtype=np.float32), np.asarray(index, dtype=np.float32)[positions]
+    dots = np.einsum("qd,qkd->qk", queries.astype(np.float64), listed.astype(np.float64))
+    return dots / np.linalg.norm(queries, axis=1)[:, None] / np.linalg.norm(listed, axis=2)
+
+
+def assert_same_up_to_ties(queries, index, ours, theirs, tolerance=1e-5):
+    """Two exact top-k results (positions, similarities) agree: each reports its items' true similarities,
+    and at every rank the two items are equally similar to the query, so their positions differ only by ties."""
+    for positions, similarities in (ours, theirs):
+        np.testing.assert_allclose(similarities, listed_cosines(queries, index, positions), atol=tolerance)
+    ours_exact, theirs_exact = listed_cosines(queries, index, ours[0]), listed_cosines(queries, index, theirs[0])
+    np.testing.assert_allclose(ours_exact, theirs_exact, atol=tolerance)
+
+
+def mar_at_10_of(positions, query_labels, index_labels) -> float:
+    """MAR@10 of ranked neighbours, as retrieval_scores defines it; queries without relevant items left out."""
+    relevant_counts = (index_labels == query_labels[:, None]).sum(axis=1)
+    hits = (index_labels[positions[:, :10]] == query_labels[:, None]).sum(axis=1)
+    scored = relevant_counts > 0
+    return float(np.mean(hits[scored] / np.minimum(relevant_counts[scored], 10)))
+
+
+def test_nearest_neighbours_agree_with_faiss_exact_search():
+    queries, query_labels, index, index_labels = clustered_data(
+        seed=12, n_query=500, n_index=20_000, products=4000, dim=64, duplicates=0
+    )
+    ours = nearest_neighbours(queries, index, k=10)
+    theirs = faiss_neighbours(queries, index, 10)
+    assert_same_up_to_ties(queries, index, ours, theirs)
+    assert np.mean(ours[0] == theirs[0]) > 0.99, "without duplicates, ties within rounding should be rare"
+    mar_at_10 = retrieval_scores(queries, query_labels, index, index_labels)["mar_at_10"]
+    assert 0.1 < mar_at_10 < 0.9, "the data should rank neither perfectly nor randomly"
+    assert mar_at_10_of(theirs[0], query_labels, index_labels) == pytest.approx(mar_at_10, abs=1e-12)
+
+
+def test_nearest_neighbours_agree_with_faiss_on_exact_ties_and_rank_the_lower_position_first():
+    queries, _, index, _ = clustered_data(seed=13, n_query=500, n_index=20_000, products=4000, dim=64, duplicates=5000)
+    ours = nearest_neighbours(queries, index, k=10)
+    theirs = faiss_neighbours(queries, index, 10)
+    assert_same_up_to_ties(queries, index, ours, theirs)  # faiss 1.15 lists tied items highest position first
+    positions, similarities = ours
+    tied = np.diff(similarities, axis=1) == 0
+    assert tied.sum() > 100, "duplicated index rows should put exact ties in many top 10s"
+    assert np.all(np.diff(positions, axis=1)[tied] > 0)
