@@ -251,8 +251,9 @@ class RuntimeConfig(Section):
 
 class StorageConfig(Section):
     """Local copies of what lives in Cloud Storage (gs://): a machine's setting, not a run's,
-    so it is no part of any cache key. Used when `data.source`, `model.weights` or the run
-    folder is a gs:// URL; ignored otherwise."""
+    so it is no part of any cache key (`read_shards` only of the ingestion's, whose folder it
+    changes). Used when `data.source`, `model.weights` or the run folder is a gs:// URL;
+    ignored otherwise."""
 
     # The mirror of a gs:// run folder, the staged data shards, sources and weights files.
     # Give a local disk with room for the data: eProduct's 2.4M images take ~50 GB of shards
@@ -263,6 +264,12 @@ class StorageConfig(Section):
     cache_size_gb: PositiveFloat | None = 200.0
     # Files copied at once to and from Cloud Storage.
     workers: int = Field(16, ge=1, le=256)
+    # How training reads the shards of an ingested gs:// folder (`data.source`): `stage`
+    # copies them to cache_dir first (sha256 checked); `direct` has TensorFlow read them from
+    # Cloud Storage as it trains, for TPU VMs and hosts without a disk for the data (no
+    # sha256 check: TFRecord's per-record CRCs still catch damage; a shard replaced in the
+    # bucket after ingestion goes unnoticed). Only for an ingested gs:// source.
+    read_shards: Literal["stage", "direct"] = "stage"
 
 
 class PipelineConfig(Section):

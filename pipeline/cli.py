@@ -109,7 +109,8 @@ def _run(args) -> None:
     check_inputs(config, str(args.config))
     from pipeline.storage import check_locations
 
-    check_locations(args.run_dir or "", config.data.source, config.model.weights)  # gs:// buckets and objects
+    # gs:// buckets and objects
+    check_locations(args.run_dir or "", config.data.source, config.model.weights, config.storage.read_shards)
 
     from flows import check_force, default_run_dir, finetune
     from pipeline.reports import read_scores

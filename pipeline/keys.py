@@ -85,12 +85,15 @@ def shared_settings(config: PipelineConfig) -> dict:
 def ingestion_work(config: PipelineConfig, root: RunRoot) -> Work:
     """Ingestion writes RUN_DIR/data (one copy of the shards per run root, resumed in
     place); an already ingested source is only verified and recorded there (a gs://
-    one is staged there). A gs:// source is known by its listing (names, sizes, MD5s)."""
+    one is staged there, or with `storage.read_shards: direct` only its manifest). A gs://
+    source is known by its listing (names, sizes, MD5s)."""
     source = config.data.source
     if is_remote(source):
         read = {"remote": source_listing_digest(source)}
         if not remote_ingested(source):
             read["options"] = config.data.ingest.model_dump()
+        elif config.storage.read_shards == "direct":
+            read["read_shards"] = "direct"  # the folder holds the manifest and where the shards are, not the shards
     elif (Path(source) / MANIFEST_NAME).is_file():
         read = {"ingested": sha256_file(Path(source) / MANIFEST_NAME)}
     else:

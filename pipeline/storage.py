@@ -514,9 +514,16 @@ def remote_ingested(url: str) -> bool:
         return fs.exists(join(url, MANIFEST_NAME)[len(SCHEME):])
 
 
-def check_locations(run_dir: str, source: str, weights: str) -> None:
+def direct_read_refusal(source: str) -> str:
+    return (f"storage.read_shards: direct reads the shards of an ingested gs:// folder where they are, but "
+            f"data.source {source} is not one; ingest it into a bucket first (pvs ingest SOURCE gs://BUCKET/FOLDER) "
+            "or use read_shards: stage")
+
+
+def check_locations(run_dir: str, source: str, weights: str, read_shards: str = "stage") -> None:
     """Before a run starts (before Prefect): the bucket of a gs:// run folder exists, and a
-    gs:// source or weights file is there. Raises RemoteStorageError naming what is missing."""
+    gs:// source or weights file is there; `read_shards: direct` has an ingested gs://
+    source. Raises RemoteStorageError naming what is missing."""
     if is_remote(run_dir):
         remote_listing_or_empty(run_dir.rstrip("/"))
     if is_remote(source):
@@ -529,3 +536,5 @@ def check_locations(run_dir: str, source: str, weights: str) -> None:
         base, name = weights.rsplit("/", 1)
         if name not in remote_listing(base):
             raise RemoteStorageError(_missing(weights, "reading the weights"))
+    if read_shards == "direct" and not (is_remote(source) and remote_ingested(source)):
+        raise UserError(direct_read_refusal(source))

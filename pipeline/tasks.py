@@ -27,15 +27,19 @@ from pipeline.storage import (
     RunRoot,
     ShardCache,
     StorageSettings,
+    direct_read_refusal,
     download,
     is_remote,
     join,
     remote_ingested,
     stage_source,
 )
+from tfrecords.errors import UserError
+from tfrecords.files import write_text_atomic
 from tfrecords.ingest import ingest, summary
 from tfrecords.manifest import (
     MANIFEST_NAME,
+    SHARDS_AT_NAME,
     EmbeddingManifest,
     ImageManifest,
     ShardEntry,
@@ -81,8 +85,11 @@ def ingest_data(work: Work, config: PipelineConfig) -> dict:
     is staged on local disk first: an ingested one into `work.folder`, through the shard
     cache; images into the cache, then ingested. Its `manifest` file's folder is the data."""
     logger = get_run_logger()
+    (work.folder / SHARDS_AT_NAME).unlink(missing_ok=True)  # left by a run with read_shards: direct
     if is_remote(config.data.source):
         return _ingest_remote(work, config)
+    if config.storage.read_shards == "direct":
+        raise UserError(direct_read_refusal(config.data.source))
     source = Path(config.data.source)
     if (source / MANIFEST_NAME).is_file():
         manifest = read_manifest(source, ImageManifest)
@@ -100,11 +107,19 @@ def _ingest_remote(work: Work, config: PipelineConfig) -> dict:
     if remote_ingested(source):
         download(join(source, MANIFEST_NAME), work.folder / MANIFEST_NAME)
         manifest = read_manifest(work.folder, ImageManifest)
+        if config.storage.read_shards == "direct":
+            marker = work.folder / SHARDS_AT_NAME
+            write_text_atomic(marker, source.rstrip("/") + "\n")
+            logger.info(f"data: the ingested folder {source}, {len(manifest.shards)} shards read from there by "
+                        "TensorFlow (storage.read_shards: direct; not sha256-checked, each record's CRC is)")
+            return write_record(work.folder, work.key, {}, {"manifest": work.folder / MANIFEST_NAME, "shards at": marker})
         fetched = ShardCache(settings).stage(source, manifest.shards, work.folder)
         verify_shards(work.folder, manifest.shards)
         logger.info(f"data: the ingested folder {source}, staged in {work.folder} "
                     f"({fetched} of {len(manifest.shards)} shards downloaded, the others from the cache)")
     else:
+        if config.storage.read_shards == "direct":
+            raise UserError(direct_read_refusal(source))
         staged = stage_source(source, settings)
         logger.info(f"data: {source} staged in {staged}")
         manifest = ingest(staged, work.folder, config.data.ingest, progress=False, source_name=source)

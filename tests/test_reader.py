@@ -91,3 +91,40 @@ def test_reading_a_split_with_no_images_says_what_there_is(one_square_image):
     data, _ = one_square_image
     with pytest.raises(UserError, match="no images in split\\(s\\) test_query; the manifest has train 1"):
         read_images(data, "test_query", ReadOptions(image_size=16))
+
+
+def test_shards_left_where_they_were_ingested_are_read_through_tensorflows_file_systems(ingested, tmp_path):
+    """`storage.read_shards: direct`: the folder holds the manifest and a shards-at.txt naming
+    where the shards are; the reader hands TensorFlow their URLs. TensorFlow's in-memory ram://
+    file system stands in for gs:// (which TensorFlow reads the same way, but cannot be pointed
+    at a local emulator), and a damaged record there is refused by its CRC."""
+    import shutil
+
+    from tfrecords.manifest import MANIFEST_NAME, SHARDS_AT_NAME, ImageManifest, read_manifest
+    from tfrecords.reader import shard_location, shard_paths
+
+    url = f"ram://direct-read/{tmp_path.name}"
+    shards = read_manifest(ingested, ImageManifest).shards
+    for shard in shards:
+        tf.io.gfile.copy(str(ingested / shard.file), f"{url}/{shard.file}", overwrite=True)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(ingested / MANIFEST_NAME, folder)
+    (folder / SHARDS_AT_NAME).write_text(url + "/\n")
+
+    assert shard_location(folder) == url and shard_location(ingested) is None
+    assert shard_paths(folder, "train") == [f"{url}/{shard.file}" for shard in shards if shard.split == "train"]
+    options = ReadOptions(image_size=16, batch_size=8, deterministic=True)
+    for split in ("train", "test_index"):
+        there, here = (list(read_images(data, split, options).as_numpy_iterator()) for data in (folder, ingested))
+        assert [batch["image_id"].tolist() for batch in there] == [batch["image_id"].tolist() for batch in here]
+        for ours, theirs in zip(there, here):
+            np.testing.assert_array_equal(ours["image"], theirs["image"])
+
+    damaged = next(shard for shard in shards if shard.split == "train")
+    data = bytearray((ingested / damaged.file).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte inside a record
+    with tf.io.gfile.GFile(f"{url}/{damaged.file}", "wb") as handle:
+        handle.write(bytes(data))
+    with pytest.raises(tf.errors.DataLossError):
+        list(read_images(folder, "train", options).as_numpy_iterator())

@@ -178,3 +178,62 @@ def test_listing_names_objects_relative_to_the_folder(storage_emulator, tmp_path
     assert list(listing) == ["a/b.txt"] and listing["a/b.txt"]["size"] == 5
     json.dumps(listing)  # plain data
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def ingest_in_a_flow(prefect_server, work, config) -> dict:
+    """The pipeline's ingestion task, run in a flow on the session's Prefect server."""
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipeline.tasks import ingest_data
+
+    @flow(name="ingest-only")
+    def ingest_only() -> dict:
+        return ingest_data.with_options(refresh_cache=True)(work, config=config)
+
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        return ingest_only()
+
+
+def test_read_shards_direct_leaves_the_shards_in_the_bucket_and_stage_brings_them_back(
+    storage_emulator, ingested, prefect_server, tmp_path
+):
+    from test_extraction import tiny_config
+
+    from phases.config import PipelineConfig
+    from pipeline.records import Work
+    from tfrecords.reader import shard_paths
+
+    url = storage_emulator.url("direct", "data")
+    upload_folder(ingested, url)
+    shards = read_manifest(ingested, ImageManifest).shards
+    storage = {"cache_dir": str(tmp_path / "cache"), "workers": 4}
+    direct = PipelineConfig.model_validate({**tiny_config(url), "storage": {**storage, "read_shards": "direct"}})
+    folder = tmp_path / "run" / "data"
+
+    output = ingest_in_a_flow(prefect_server, Work("ingest", "direct-" + tmp_path.name, folder), direct)
+    assert sorted(path.name for path in folder.iterdir()) == ["manifest.json", "result.json", "shards-at.txt"]
+    assert {"manifest", "shards at"} <= set(output)
+    assert not (tmp_path / "cache" / "shards").exists() or not any((tmp_path / "cache" / "shards").iterdir())
+    assert shard_paths(folder, "train") == [f"{url}/{shard.file}" for shard in shards if shard.split == "train"]
+
+    # The same folder read with `stage` (the ingestion's key changes with read_shards): staged, no marker.
+    staged = direct.model_copy(update={"storage": direct.storage.model_copy(update={"read_shards": "stage"})})
+    ingest_in_a_flow(prefect_server, Work("ingest", "staged-" + tmp_path.name, folder), staged)
+    assert not (folder / "shards-at.txt").exists()
+    assert shard_paths(folder, "train") == [str(folder / shard.file) for shard in shards if shard.split == "train"]
+
+
+def test_read_shards_direct_is_refused_for_a_source_that_is_not_an_ingested_bucket_folder(storage_emulator, ingested):
+    from pipeline.storage import check_locations
+    from tfrecords.errors import UserError
+
+    url = storage_emulator.url("direct-refused", "data")
+    upload_folder(ingested, url)
+    check_locations("", url, "none", "direct")  # an ingested folder in a bucket: fine
+    csv = storage_emulator.url("direct-refused", "images", "products.csv")
+    fs, path = fsspec.core.url_to_fs(csv)
+    fs.pipe_file(path, b"image,product\n")
+    for source in (str(ingested), csv):  # an ingested folder on this disk; images in a bucket
+        with pytest.raises(UserError, match=f"data.source {source} is not one; ingest it into a bucket first"):
+            check_locations("", source, "none", "direct")

@@ -14,6 +14,9 @@ from tfrecords.errors import ManifestError, ShardIntegrityError
 from tfrecords.files import sha256_file, write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
+# In an ingested folder without its shards: the URL of the folder that holds them (one line),
+# which the reader then reads through TensorFlow's file systems (gs://, ...).
+SHARDS_AT_NAME = "shards-at.txt"
 SCHEMA_VERSION = 1
 
 

@@ -1,6 +1,7 @@
 """Read ingested shards back as a tf.data pipeline of prepared images.
 
-list shards (from the manifest, sha256 checked) -> [shuffle shard order] ->
+list shards (from the manifest, sha256 checked; or the URLs of a folder whose
+shards stay in Cloud Storage: `shard_location`) -> [shuffle shard order] ->
 parallel interleave -> [shuffle records, still encoded: cheap to buffer] ->
 parallel parse, decode, pad-to-square, resize -> [augment] -> [batch] -> prefetch.
 
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrecords.errors import UserError
-from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
+from tfrecords.manifest import SHARDS_AT_NAME, ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
 from tfrecords.preprocess import NUM_VIEWS, all_views, prepare, view
 
@@ -41,7 +42,8 @@ def shard_paths(
     data_dir: str | Path, splits: str | Sequence[str], verify: bool = True, shard_files: Sequence[str] | None = None
 ) -> list[str]:
     """Paths of the shards of `splits` (only the shard files named in `shard_files`, when given;
-    in manifest order), checked against the manifest when `verify`."""
+    in manifest order), checked against the manifest when `verify`; URLs when the folder's
+    shards stay where they were ingested (`shard_location`)."""
     splits = [splits] if isinstance(splits, str) else list(splits)
     manifest = read_manifest(data_dir, ImageManifest)
     shards = [shard for split in splits for shard in manifest.shards_of(split)]
@@ -55,9 +57,25 @@ def shard_paths(
             f"{data_dir}: no images in split(s) {', '.join(splits)}; the manifest has "
             + ", ".join(f"{name} {count}" for name, count in manifest.counts.items())
         )
+    location = shard_location(data_dir)
+    if location is not None:  # read where they are, by TensorFlow: not verified (see shard_location)
+        return [f"{location}/{shard.file}" for shard in shards]
     if verify:
         verify_shards(data_dir, shards)
     return [str(Path(data_dir) / shard.file) for shard in shards]
+
+
+def shard_location(data_dir: str | Path) -> str | None:
+    """The URL of the folder holding `data_dir`'s shards when they are not in it (its
+    SHARDS_AT_NAME file, written by the pipeline with `storage.read_shards: direct`), else None.
+
+    Such shards are read through TensorFlow's own file systems (gs:// on Cloud TPU VMs) and
+    not sha256-checked first, which would read them all twice; TFRecord's CRC of each record
+    still refuses a damaged one."""
+    marker = Path(data_dir) / SHARDS_AT_NAME
+    if not marker.is_file():
+        return None
+    return marker.read_text().strip().rstrip("/")
 
 
 def _interleave(files: tf.data.Dataset, count: int, open_file, deterministic: bool) -> tf.data.Dataset:
