@@ -73,10 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="the index items most similar to images, with a run's final model")
     search.add_argument("images", type=Path, metavar="IMAGE_OR_FOLDER",
                         help="an image, or a folder searched recursively")
-    search.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="RUN_DIR",
-                        help="a run folder written by `pvs run`; its final split's index is searched")
+    search.add_argument("--run", dest="run_dir", required=True, metavar="RUN_DIR",
+                        help="a run folder (or gs:// URL) written by `pvs run`; its final split's index is searched")
     search.add_argument("--top", type=_at_least_one, default=10, help="results per image (default 10)")
     search.add_argument("--sheet", type=Path, default=None, help="also draw the results as a contact sheet (PNG)")
+    _cache_dir_option(search)
 
     run = commands.add_parser("run", help="train: ingestion, baseline, the phases and extraction (resumable)")
     run.add_argument("--config", type=Path, required=True, help="a YAML file, e.g. configs/demo.yaml")
@@ -89,15 +90,36 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("configs", help="list the named configs of the library (configs/) and what each is for")
 
     report = commands.add_parser("report", help="the leaderboard of one or more runs, and their chart")
-    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders or gs:// URLs")
     report.add_argument("--chart", type=Path, default=None,
-                        help="PNG path (default RUN_DIR/report.png for one run, ./comparison.png for several)")
+                        help="PNG path (default RUN_DIR/report.png for one run, its local mirror's for a gs:// one; "
+                             "./comparison.png for several)")
+    _cache_dir_option(report)
 
     compare = commands.add_parser("compare", help="runs side by side: scores per phase, test score, model size, time")
-    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders or gs:// URLs")
     compare.add_argument("--chart", type=Path, default=Path("comparison.png"), help="PNG path (default ./comparison.png)")
     compare.add_argument("--table", type=Path, default=None, help="also write the table as markdown to this file")
+    _cache_dir_option(compare)
     return parser
+
+
+def _cache_dir_option(command) -> None:
+    command.add_argument("--cache-dir", default=None, metavar="DIR",
+                         help="where gs:// run folders are mirrored (default: storage.cache_dir's default, "
+                              "~/.cache/product-visual-search)")
+
+
+def _fetched(location: str, cache_dir: str | None, parts: tuple[str, ...] = ()) -> Path:
+    """A run folder given on the command line, local: a gs:// one pulled into its mirror."""
+    from pipeline.storage import StorageSettings, fetch_run, is_remote
+
+    if not is_remote(location):
+        return Path(location)
+    from phases.config import StorageConfig
+
+    storage = StorageConfig() if cache_dir is None else StorageConfig(cache_dir=cache_dir)
+    return fetch_run(location, StorageSettings.of(storage), parts)
 
 
 def _run(args) -> None:
@@ -133,12 +155,13 @@ def _report(args) -> None:
     from pipeline.charts import write_comparison_chart, write_score_chart
     from pipeline.reports import leaderboard, read_scores, render_leaderboard, run_names
 
-    runs = {name: read_scores(run_dir) for run_dir, name in zip(args.run_dirs, run_names(args.run_dirs))}
+    folders = [_fetched(run_dir, args.cache_dir) for run_dir in args.run_dirs]
+    runs = {name: read_scores(folder) for folder, name in zip(folders, run_names(args.run_dirs))}
     for name, rows in runs.items():
         print(render_leaderboard(name, leaderboard(rows)))
         print()
     if len(runs) == 1:
-        chart = write_score_chart(rows, args.chart or args.run_dirs[0] / "report.png", title=f"{name}: mar_at_10")
+        chart = write_score_chart(rows, args.chart or folders[0] / "report.png", title=f"{name}: mar_at_10")
     else:
         chart = write_comparison_chart(runs, args.chart or Path("comparison.png"))
     print(f"chart: {chart}")
@@ -161,9 +184,11 @@ def _configs(args) -> None:
 
 def _compare(args) -> None:
     from pipeline.compare import CAPTION, read_runs, render_markdown, render_text, write_chart
+    from pipeline.reports import run_names
     from tfrecords.files import write_text_atomic
 
-    runs = read_runs(args.run_dirs)
+    folders = [_fetched(run_dir, args.cache_dir, ("model", "embeddings manifest")) for run_dir in args.run_dirs]
+    runs = read_runs(folders, names=run_names(args.run_dirs))
     print(f"{CAPTION}:\n")
     print(render_text(runs))
     print(f"\nchart: {write_chart(runs, args.chart)}")
@@ -220,7 +245,7 @@ def _preview(args) -> None:
 def _search(args) -> None:
     from pipeline.search import draw, embed, find_images, open_run, read_queries, render, search
 
-    run = open_run(args.run_dir)
+    run = open_run(_fetched(args.run_dir, args.cache_dir, ("model", "embeddings", "data")))
     queries = read_queries(find_images(args.images), run.index)
     results = search(run.index, embed(run, queries), args.top)
     count = len(run.index.items.vectors)

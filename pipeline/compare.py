@@ -20,7 +20,7 @@ import h5py
 
 from pipeline.charts import write_comparison_chart
 from pipeline.reports import METRIC, markdown_table, phase_order, png_markdown, read_scores, run_names
-from pipeline.run_root import recorded_config
+from pipeline.run_root import recorded_config, recorded_path
 from tfrecords.errors import ShardIntegrityError, UserError
 from tfrecords.files import sha256_file
 from tfrecords.manifest import MANIFEST_NAME, EmbeddingManifest, read_manifest
@@ -66,8 +66,9 @@ class RunComparison:
         return float(sum(times))
 
 
-def read_runs(run_dirs: list[Path]) -> list[RunComparison]:
-    return [read_run(Path(run_dir), name) for run_dir, name in zip(run_dirs, run_names(run_dirs))]
+def read_runs(run_dirs: list[Path], names: list[str] | None = None) -> list[RunComparison]:
+    """The runs of `run_dirs` (local folders), named `names` (default: run_names of the folders)."""
+    return [read_run(Path(run_dir), name) for run_dir, name in zip(run_dirs, names or run_names(run_dirs))]
 
 
 def read_run(run_dir: Path, name: str) -> RunComparison:
@@ -76,7 +77,7 @@ def read_run(run_dir: Path, name: str) -> RunComparison:
     summary = _summary(run_dir)
     if summary is None:
         return run
-    model, embeddings = (_in_run(summary[key], summary, run_dir) for key in ("final_model", "embeddings"))
+    model, embeddings = (recorded_path(summary[key], summary, run_dir) for key in ("final_model", "embeddings"))
     for path, what in ((model, "final model"), (embeddings / MANIFEST_NAME, "embeddings' manifest")):
         if not path.is_file():
             raise CompareError(f"{run_dir}: its {what} {path} is missing; run `pvs run --config "
@@ -112,17 +113,6 @@ def _summary(run_dir: Path) -> dict | None:
         raise CompareError(f"{path}: not a run summary (no {', '.join(missing)}); "
                            f"run `pvs run` again with the same --run-dir to rewrite it")
     return summary
-
-
-def _in_run(recorded: str, summary: dict, run_dir: Path) -> Path:
-    """A path that run.json recorded, inside `run_dir` as it is now: run.json records
-    absolute paths, which point at the old place once a run folder is moved or copied
-    (e.g. from the GPU machine)."""
-    path = Path(recorded)
-    try:
-        return run_dir / path.relative_to(summary["run_dir"]) if summary.get("run_dir") else path
-    except ValueError:
-        return path  # recorded outside the run folder
 
 
 def count_parameters(path: Path, sha256: str | None = None) -> int:

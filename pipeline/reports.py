@@ -24,11 +24,13 @@ def read_scores(run_dir: Path) -> list[dict]:
         return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def run_names(run_dirs: list[Path]) -> list[str]:
-    """A name per run: its folder's name, or the path as given when two folders share a name."""
+def run_names(run_dirs: list[Path | str]) -> list[str]:
+    """A name per run: its folder's name (a gs:// URL's last part), or the path as given when
+    two folders share a name."""
     names = []
     for run_dir in run_dirs:
-        name = Path(run_dir).resolve().name
+        text = str(run_dir)
+        name = text.rstrip("/").rsplit("/", 1)[-1] if text.startswith("gs://") else Path(run_dir).resolve().name
         names.append(name if name not in names else str(run_dir))
     return names
 

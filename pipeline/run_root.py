@@ -85,3 +85,15 @@ def _check_owner(root: Path, config_path: Path) -> None:
             f"{root}: this run folder holds a run of {owner}, not of {config_path}; give this run another "
             f"--run-dir (the default is runs/{config_path.stem}), or delete the folder to start it again"
         )
+
+
+def recorded_path(recorded: str, summary: dict, run_dir: Path) -> Path:
+    """A path that run.json recorded, inside `run_dir` as it is now: run.json records
+    absolute paths, which point at the old place once a run folder is moved or copied
+    (e.g. from the GPU machine), and gs:// URLs for a run in a bucket, which its local
+    mirror holds in the same places."""
+    path = Path(recorded)
+    try:
+        return run_dir / path.relative_to(summary["run_dir"]) if summary.get("run_dir") else path
+    except ValueError:
+        return path  # recorded outside the run folder

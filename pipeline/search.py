@@ -19,7 +19,7 @@ import numpy as np
 
 from phases.metrics import nearest_neighbours
 from pipeline.reports import png_markdown
-from pipeline.run_root import CONFIG_NAME, recorded_config
+from pipeline.run_root import CONFIG_NAME, recorded_config, recorded_path
 from pipeline.sheets import Cell, write_sheet
 from tfrecords.embeddings import EmbeddingArrays, load_embeddings
 from tfrecords.errors import ImageError, UserError
@@ -113,7 +113,7 @@ def open_run(run_dir: Path) -> FinishedRun:
     finish = f"finish the run with `pvs run --config {settings.get('config_file', 'CONFIG')} --run-dir {run_dir}`"
     try:
         summary = json.loads((run_dir / "run.json").read_text())
-        model_path, embeddings_dir = Path(summary["final_model"]), Path(summary["embeddings"])
+        model_path, embeddings_dir = (recorded_path(summary[key], summary, run_dir) for key in ("final_model", "embeddings"))
         model_sha256, split = summary["final_model_sha256"], summary["final_split"]
     except (OSError, ValueError, KeyError):
         raise RunNotSearchableError(

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,7 +191,7 @@ class StorageSettings:
 
     @classmethod
     def of(cls, config) -> "StorageSettings":
-        storage = config.storage
+        storage = getattr(config, "storage", config)  # a PipelineConfig, or its StorageConfig
         size = None if storage.cache_size_gb is None else int(storage.cache_size_gb * 1e9)
         return cls(Path(storage.cache_dir).expanduser(), size, storage.workers)
 
@@ -342,6 +342,24 @@ class RunRoot:
         rest = {name: info for name, info in listing.items() if name not in shards and name not in (RECORD_NAME, MANIFEST_NAME)}
         return copied + self._download(folder, url, rest)
 
+    def pull_finished(self, folder: Path, only: Sequence[str] | None = None) -> int:
+        """A step's folder as the record in the bucket lists it (its key read from there),
+        or with `only`, the record and those of its files; nothing when there is no record."""
+        if self.remote is None:
+            return 0
+        url = self.url(folder)
+        listing = remote_listing_or_empty(url)
+        if RECORD_NAME not in listing:
+            return 0
+        copied = self._download(folder, url, {RECORD_NAME: listing[RECORD_NAME]})
+        try:
+            key = json.loads((folder / RECORD_NAME).read_text())["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return copied
+        if only is not None:
+            return copied + self._download(folder, url, {name: listing[name] for name in only if name in listing})
+        return copied + self.pull(folder, key)
+
     def _download(self, folder: Path, url: str, listing: dict[str, dict]) -> int:
         """Download the listed objects whose local copy is missing or different."""
         todo = [name for name, info in listing.items() if not _same(folder / name, info)]
@@ -382,6 +400,43 @@ class RunRoot:
                 if (folder / entry.file).is_file():
                     self.shards.add(folder / entry.file, entry.sha256)
         return len(todo) + len(gone)
+
+
+RUN_PARTS = ("model", "embeddings", "embeddings manifest", "data")
+
+
+def fetch_run(location: str, settings: StorageSettings, parts: Sequence[str] = ()) -> Path:
+    """A run folder for the commands that read one (`pvs report`, `compare`, `search`): a
+    local folder as it is; a gs:// one pulled into its local mirror, which is returned:
+    the files at its root (scores, run.json, run-config.yaml, charts), then each of
+    `parts` the finished run.json names: "model" (the final model's step folder),
+    "embeddings" (the extraction's), "embeddings manifest" (only the embeddings'
+    manifest), "data" (the ingested images, through the shard cache)."""
+    root = RunRoot(location, settings)
+    if root.remote is None:
+        return root.local
+    if not remote_listing_or_empty(root.remote):
+        raise RemoteStorageError(_missing(root.remote, "reading the run folder"))
+    root.pull_loose_files()
+    try:
+        summary = json.loads((root.local / "run.json").read_text())
+    except (OSError, ValueError):
+        return root.local  # unfinished: the commands say so
+    # The step folder in the mirror of a file or folder run.json names (by URL).
+    steps = {key: (root.local / value[len(root.remote) + 1:]).parent for key, value in summary.items()
+             if key in ("final_model", "embeddings") and isinstance(value, str) and value.startswith(root.remote + "/")}
+    for part in parts:
+        if part not in RUN_PARTS:
+            raise ValueError(f"unknown part of a run {part!r}; one of {', '.join(RUN_PARTS)}")
+        if part == "model" and "final_model" in steps:
+            root.pull_finished(steps["final_model"])
+        elif part == "embeddings" and "embeddings" in steps:
+            root.pull_finished(steps["embeddings"])
+        elif part == "embeddings manifest" and "embeddings" in steps:
+            root.pull_finished(steps["embeddings"], only=[f"embeddings/{MANIFEST_NAME}"])
+        elif part == "data":
+            root.pull_finished(root.local / "data")
+    return root.local
 
 
 def remote_listing_or_empty(url: str) -> dict[str, dict]:
@@ -516,8 +571,8 @@ def remote_ingested(url: str) -> bool:
 
 def direct_read_refusal(source: str) -> str:
     return (f"storage.read_shards: direct reads the shards of an ingested gs:// folder where they are, but "
-            f"data.source {source} is not one; ingest it into a bucket first (pvs ingest SOURCE gs://BUCKET/FOLDER) "
-            "or use read_shards: stage")
+            f"data.source {source} is not one; ingest it into a bucket first (pvs ingest SOURCE DIR, then "
+            "gcloud storage cp -r DIR gs://BUCKET/FOLDER; or the data/ folder of a gs:// run) or use read_shards: stage")
 
 
 def check_locations(run_dir: str, source: str, weights: str, read_shards: str = "stage") -> None:

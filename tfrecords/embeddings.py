@@ -44,7 +44,7 @@ class EmbeddingWriter:
     """
 
     def __init__(self, folder: str | Path, dim: int, records_per_shard: int = 65536, metadata: dict | None = None):
-        # 65,536 x 512-d float32 = 128 MB per shard, the same target as image shards.
+        # 65,536 x 512-d float32 = 128 MiB of vectors (~143 MB with the ids), about the image shards' 128 MB.
         self.folder, self.dim, self.records_per_shard = Path(folder), dim, records_per_shard
         self.metadata = metadata or {}
         self.folder.mkdir(parents=True, exist_ok=True)

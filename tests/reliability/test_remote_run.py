@@ -21,7 +21,7 @@ def bucket_names(url: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_run_in_a_bucket_killed_on_one_machine_resumes_on_another_with_the_uninterrupted_scores(
-    reference, demo_images, storage_emulator, prefect_server, tmp_path
+    reference, demo_images, storage_emulator, prefect_server, tmp_path, capsys
 ):
     source, run_url = storage_emulator.url("remote-run", "images"), storage_emulator.url("remote-run", "run")
     fs, path = fsspec.core.url_to_fs(source)
@@ -51,6 +51,39 @@ def test_a_run_in_a_bucket_killed_on_one_machine_resumes_on_another_with_the_uni
     stored = bucket_names(run_url)
     assert {"run.json", "run-config.yaml", "scores.png", "search-sheet.png"} <= set(stored)
     assert "run.lock" not in stored
+
+    # The reading commands take the bucket's URL, on a machine holding nothing of the run (a third
+    # cache folder), and print what they print for the local reference run (both folders are named "run").
+    machine_c = tmp_path / "machine-c"
+    query = str(next(demo_images.rglob("*.jpg")))
+    for command in (["report", "{run}"], ["search", query, "--run", "{run}", "--top", "5"]):
+        remote = cli_output(capsys, [part.format(run=run_url) for part in command] + ["--cache-dir", str(machine_c)])
+        local = cli_output(capsys, [part.format(run=reference.run_dir) for part in command] + ["--chart", str(tmp_path / "r.png")] * (command[0] == "report"))
+        assert without_paths(remote, run_url, machine_c) == without_paths(local, reference.run_dir), command
+    assert (mirror_path(run_url, machine_c) / "report.png").is_file()  # `pvs report`'s default chart: in the mirror
+    # `pvs compare`: the same row but for the config file's path and the training time (this run was killed).
+    tables = {}
+    for name, run in (("remote", run_url), ("local", str(reference.run_dir))):
+        cli_output(capsys, ["compare", run, "--chart", str(tmp_path / f"{name}.png"), "--table", str(tmp_path / f"{name}.md"),
+                            "--cache-dir", str(machine_c)])
+        header, _, row = [[cell.strip() for cell in line.strip("|").split("|")]
+                          for line in (tmp_path / f"{name}.md").read_text().splitlines()[:3]]
+        tables[name] = {column: value for column, value in zip(header, row) if column not in ("config_file", "train_seconds")}
+    assert tables["remote"] == tables["local"] and tables["remote"]["parameters"] and tables["remote"]["embedding_dim"]
+
+
+def cli_output(capsys, argv: list[str]) -> str:
+    from pipeline.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr()
+    return capsys.readouterr().out
+
+
+def without_paths(output: str, *places) -> str:
+    """The output without the lines naming a file or folder (charts, the run searched)."""
+    return "\n".join(line for line in output.splitlines()
+                     if not line.startswith(("chart:", "table:")) and not any(str(place) in line for place in places))
 
 
 def test_a_run_folder_in_a_missing_bucket_is_refused_with_one_line(storage_emulator, demo_images, prefect_server, tmp_path):
