@@ -35,6 +35,8 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/eager.py
+	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/retrieval_scale.py
 
 # Re-resolve the dependencies of pyproject.toml in a fresh environment and pin them.
 lock:

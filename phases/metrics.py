@@ -19,9 +19,10 @@ SIMILARITY_BYTES = 4  # float32
 # make _depth_th_largest partition the whole block, which copies it): with 256 MiB, a
 # 1M-item index is searched 67 queries at a time in about 0.33 GB on top of the index,
 # where 10k queries at once would need 40 GB. The fewer the queries per block, the more
-# often the whole index is read from memory: on 1,000 x 1M x 512 (2 cores), 256 MiB took
-# 27% less CPU time than 128 MiB, 512 MiB 38% less. On 2,000 x 100,000 x 512, 256 MiB
-# saved ~2% over 128 MiB, 32 MiB cost ~30%.
+# often the whole index is read from memory: on 1,000 x 1M x 512 (2 cores, one run each,
+# benchmarks/retrieval_scale.py --queries 1000 --block-mib N), nearest_neighbours took 34.0
+# CPU s with 128 MiB, 25.5 with 256 MiB (25% less), 22.0 with 512 MiB (35% less, for twice
+# the memory). On 2,000 x 100,000 x 512, 256 MiB saved ~2% over 128 MiB, 32 MiB cost ~30%.
 DEFAULT_BLOCK_BYTES = 256 * 2**20
 # triplet_accuracy's [anchors x items] distance blocks, a few of them alive at a time.
 TRIPLET_BLOCK_BYTES = 128 * 2**20
