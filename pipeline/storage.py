@@ -22,14 +22,13 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tfrecords.errors import UserError
-from tfrecords.files import sha256_file, temporary_name
+from tfrecords.files import link_into_place, sha256_file, temporary_name
 
 SCHEME = "gs://"
 RECORD_NAME = "result.json"  # pipeline/records.py: uploaded after the files it vouches for
@@ -213,7 +212,7 @@ class ShardCache:
         into.mkdir(parents=True, exist_ok=True)
         fetched = _parallel(lambda entry: self._fetch(join(url, entry.file), entry), entries, self.workers)
         for entry in entries:
-            _link(self.folder / entry.sha256, into / entry.file)
+            link_into_place(self.folder / entry.sha256, into / entry.file)
         self.evict(keep={entry.sha256 for entry in entries})
         return sum(fetched)
 
@@ -222,7 +221,7 @@ class ShardCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         blob = self.folder / sha256
         if not blob.exists():
-            _link(path, blob)
+            link_into_place(path, blob)
 
     def _fetch(self, url: str, entry) -> bool:
         blob = self.folder / entry.sha256
@@ -259,22 +258,6 @@ class ShardCache:
                 total -= size
                 removed += 1
         return removed
-
-
-def _link(source: Path, destination: Path) -> None:
-    """`destination` becomes the same file as `source`: a hard link, or a copy across disks."""
-    if destination.exists() and os.path.samefile(source, destination):
-        return
-    temporary = temporary_name(destination)
-    temporary.unlink()
-    try:
-        try:
-            os.link(source, temporary)
-        except OSError:
-            shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 class RunRoot:

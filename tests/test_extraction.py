@@ -10,22 +10,13 @@ import numpy as np
 import pytest
 import yaml
 from test_run import pvs_run
+from test_search import TINY_RUN as SEARCH_RUN
 
 from phases.config import PipelineConfig
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
 
-# One Siamese phase of one epoch at 32 px: the cheapest run with a real embedder (as test_search).
-TINY_RUN = {
-    "description": "sharded extraction test",
-    "data": {"source": "SOURCE", "image_size": 32, "batch_size": 16, "shuffle_buffer": 64},
-    "model": {"weights": "none", "batch_norm_calibration_batches": 2},
-    "phases": [
-        {"name": "siamese", "kind": "siamese", "projection_dim": 16, "labels_per_batch": 6, "views_per_label": 3,
-         "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}]},
-    ],
-    "evaluation": {"batch_size": 64},
-    "runtime": {"seed": 1, "deterministic": True, "eager": True},
-}
+# One Siamese phase of one epoch at 32 px: the cheapest run with a real embedder (test_search's).
+TINY_RUN = {**SEARCH_RUN, "description": "sharded extraction test"}
 
 
 def tiny_config(ingested, **evaluation) -> dict:

@@ -183,6 +183,7 @@ def test_listing_names_objects_relative_to_the_folder(storage_emulator, tmp_path
 def ingest_in_a_flow(prefect_server, work, config) -> dict:
     """The pipeline's ingestion task, run in a flow on the session's Prefect server."""
     from prefect import flow
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from pipeline.tasks import ingest_data
@@ -192,7 +193,9 @@ def ingest_in_a_flow(prefect_server, work, config) -> dict:
         return ingest_data.with_options(refresh_cache=True)(work, config=config)
 
     with temporary_settings({PREFECT_API_URL: prefect_server}):
-        return ingest_only()
+        output = ingest_only()
+        APILogWorker.drain_all(timeout=30)  # its logs sent now, not at exit, when the server is gone
+    return output
 
 
 def test_read_shards_direct_leaves_the_shards_in_the_bucket_and_stage_brings_them_back(

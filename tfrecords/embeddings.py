@@ -10,8 +10,6 @@ list), `image/id`, `product/id`, `category/id` and `view`.
 shard) into one such folder, their files hard-linked in and renumbered per set.
 """
 
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tfrecords.errors import UserError
-from tfrecords.files import atomic_writer, sha256_file, temporary_name
+from tfrecords.files import atomic_writer, link_into_place, sha256_file
 from tfrecords.manifest import EmbeddingManifest, ShardEntry, read_manifest, verify_shards, write_manifest
 from tfrecords.record_format import encode_example, write_record
 
@@ -121,29 +119,13 @@ def merge_embeddings(parts: Sequence[str | Path], folder: str | Path, metadata: 
         dims.add(manifest.dim)
         for shard in manifest.shards:
             name = f"{shard.split}-{sum(1 for entry in shards if entry.split == shard.split):05d}.tfrecord"
-            _link(part / shard.file, folder / name)
+            link_into_place(part / shard.file, folder / name)
             shards.append(shard.model_copy(update={"file": name}))
     if len(dims) != 1:
         raise ValueError(f"cannot merge embeddings of dimensions {sorted(dims)}" if dims else "no embeddings to merge")
     manifest = EmbeddingManifest(shards=shards, dim=dims.pop(), count=sum(s.records for s in shards), metadata=metadata or {})
     write_manifest(folder, manifest)
     return manifest
-
-
-def _link(source: Path, destination: Path) -> None:
-    """`destination` becomes the same file as `source` (renamed into place): a hard link, or a copy."""
-    if destination.exists() and os.path.samefile(source, destination):
-        return
-    temporary = temporary_name(destination)
-    temporary.unlink()
-    try:
-        try:
-            os.link(source, temporary)
-        except OSError:
-            shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def read_embeddings(folder: str | Path, split: str, batch_size: int | None = None, verify: bool = True):

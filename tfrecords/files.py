@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,3 +97,20 @@ def remove_stale_temporaries(folder: Path, recursive: bool = False) -> int:
             stale.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def link_into_place(source: Path, destination: Path) -> None:
+    """`destination` becomes the same file as `source`, renamed into place: a hard link,
+    or a copy where a link cannot be made (across file systems)."""
+    if destination.exists() and os.path.samefile(source, destination):
+        return
+    temporary = temporary_name(destination)
+    temporary.unlink()
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
