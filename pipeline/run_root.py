@@ -91,9 +91,13 @@ def recorded_path(recorded: str, summary: dict, run_dir: Path) -> Path:
     """A path that run.json recorded, inside `run_dir` as it is now: run.json records
     absolute paths, which point at the old place once a run folder is moved or copied
     (e.g. from the GPU machine), and gs:// URLs for a run in a bucket, which its local
-    mirror holds in the same places."""
+    mirror holds in the same places. Where it is not there, but still at the recorded
+    place (a run.json copied on its own, sharing the run's files), that place."""
     path = Path(recorded)
+    if not summary.get("run_dir"):
+        return path
     try:
-        return run_dir / path.relative_to(summary["run_dir"]) if summary.get("run_dir") else path
+        moved = run_dir / path.relative_to(summary["run_dir"])
     except ValueError:
         return path  # recorded outside the run folder
+    return moved if moved.exists() or not path.exists() else path
