@@ -19,7 +19,7 @@ from pathlib import Path
 
 import keras
 
-from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
+from phases.checkpoints import latest_checkpoint, load_model, save_model
 from phases.config import ClassificationPhase, PipelineConfig
 from phases.distribute import (
     alike_every_iteration,
@@ -32,7 +32,15 @@ from phases.distribute import (
 from phases.errors import ConfigError
 from phases.model import backbone_of, build_backbone, build_classifier, calibrate_batch_norm, set_trainable
 from phases.scoring import accuracy, embed_split, embedding_scores
-from phases.unit import PhaseContext, PhaseResult, check_loss, epoch_seed, seed_everything, seed_model_randomness
+from phases.unit import (
+    PhaseContext,
+    PhaseResult,
+    check_loss,
+    end_epoch,
+    epoch_seed,
+    seed_everything,
+    seed_model_randomness,
+)
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_images
@@ -157,10 +165,7 @@ def run_classification_phase(
         row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "accuracy": float(history.history["accuracy"][-1]),
                "train_seconds": round(time.perf_counter() - started, 3)}
         row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, labels_of, verify=False))
-        rows.append(row)
-        if chief:
-            save_checkpoint(checkpoints, epoch, model, {"rows": rows})
-            context.report(row)
+        end_epoch(context, checkpoints, epoch, model, rows, row, chief)
     return finish_phase(phase.name, config, context, model, "model.keras", (scorer, labels_of), rows, checkpoint, chief)
 
 

@@ -19,14 +19,14 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint
+from phases.checkpoints import latest_checkpoint, load_model
 from phases.classification import class_labels, finish_phase, initial_classifier, score_split
 from phases.config import EndToEndPhase, PipelineConfig
 from phases.distribute import alike_every_iteration, is_chief, local_model, prepare, synchronize_batch_norm
 from phases.errors import ConfigError
 from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import backbone_of, build_embedder, build_projection, set_trainable
-from phases.unit import PhaseContext, PhaseResult, check_loss, epoch_seed, seed_model_randomness
+from phases.unit import PhaseContext, PhaseResult, check_loss, end_epoch, epoch_seed, seed_model_randomness
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_view_groups
@@ -80,10 +80,7 @@ def run_end_to_end_phase(
         row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin,
                "learning_rate": step.learning_rate, "train_seconds": round(time.perf_counter() - started, 3)}
         row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, None, verify=False))
-        rows.append(row)
-        if chief:
-            save_checkpoint(checkpoints, epoch, model, {"rows": rows})
-            context.report(row)
+        end_epoch(context, checkpoints, epoch, model, rows, row, chief)
     return finish_phase(phase.name, config, context, model, "embedder.keras", (scorer, None), rows, checkpoint, chief)
 
 

@@ -27,14 +27,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
+from phases.checkpoints import latest_checkpoint, load_model, save_model
 from phases.classification import class_labels, initial_classifier
 from phases.config import PipelineConfig, SiamesePhase
 from phases.distribute import is_chief, local_model, prepare
 from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import backbone_of, build_embedder, build_projection
 from phases.scoring import embed_split, embedding_scores
-from phases.unit import PhaseContext, PhaseResult, check_loss, epoch_seed, seed_model_randomness
+from phases.unit import PhaseContext, PhaseResult, check_loss, end_epoch, epoch_seed, seed_model_randomness
 from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
 from tfrecords.errors import ManifestError
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
@@ -189,10 +189,7 @@ def _train_projection(phase, config, context, previous, strategy, chief: bool, s
         row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin,
                "learning_rate": step.learning_rate, "train_seconds": round(time.perf_counter() - started, 3)}
         row.update(project_scores(scorer, *evaluation, config.evaluation.triplet_sample))
-        rows.append(row)
-        if chief:
-            save_checkpoint(checkpoints, epoch, projection, {"rows": rows})
-            context.report(row)
+        end_epoch(context, checkpoints, epoch, projection, rows, row, chief)
     embedder_path = context.work_dir / "embedder.keras"
     digest = ""  # a worker that is not the chief writes no model: see finish_phase
     if chief:

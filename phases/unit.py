@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 
+from phases.checkpoints import save_checkpoint
 from phases.errors import TrainingError
 
 
@@ -96,3 +97,14 @@ def check_loss(phase: str, epoch: int, loss: float, advice: str) -> None:
         return
     kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch had finished, so there is no checkpoint"
     raise TrainingError(f"phase {phase!r}, epoch {epoch + 1}: the loss became {loss}; {kept}. {advice}")
+
+
+def end_epoch(context: PhaseContext, checkpoints: Path, epoch: int, model: keras.Model, rows: list[dict], row: dict,
+              chief: bool = True) -> None:
+    """An epoch's end, the same in every phase: its row joins `rows`; the chief (every
+    process but the other workers of a multi-worker strategy) saves the checkpoint, rows
+    included, then reports the row (a report may push the work folder, checkpoint and all)."""
+    rows.append(row)
+    if chief:
+        save_checkpoint(checkpoints, epoch, model, {"rows": rows})
+        context.report(row)

@@ -7,6 +7,7 @@ import csv
 import re
 from pathlib import Path
 
+from pipeline.storage import is_remote
 from tfrecords.errors import UserError
 
 METRIC = "mar_at_10"  # the leaderboard metric of eProduct
@@ -30,7 +31,7 @@ def run_names(run_dirs: list[Path | str]) -> list[str]:
     names = []
     for run_dir in run_dirs:
         text = str(run_dir)
-        name = text.rstrip("/").rsplit("/", 1)[-1] if text.startswith("gs://") else Path(run_dir).resolve().name
+        name = text.rstrip("/").rsplit("/", 1)[-1] if is_remote(text) else Path(run_dir).resolve().name
         names.append(name if name not in names else str(run_dir))
     return names
 

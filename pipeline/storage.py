@@ -27,12 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.records import RECORD_NAME  # uploaded after the files it vouches for
 from tfrecords.errors import UserError
 from tfrecords.files import link_into_place, sha256_file, temporary_name
+from tfrecords.manifest import MANIFEST_NAME
 
 SCHEME = "gs://"
-RECORD_NAME = "result.json"  # pipeline/records.py: uploaded after the files it vouches for
-MANIFEST_NAME = "manifest.json"
 NEVER_PUSHED = {"run.lock"}  # the local lock of the mirror means nothing elsewhere
 _CHUNK = 1 << 20
 
@@ -486,11 +486,9 @@ def stage_source(url: str, settings: StorageSettings) -> Path:
     folder) copied into CACHE/sources/..., in parallel; only what changed is copied again.
     Returns the local CSV or folder, whose image ids are those of the remote source."""
     folder = settings.cache_dir / "sources" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    base, listing = source_listing(url)
     if url.endswith(".csv"):
-        base, name = url.rsplit("/", 1)
-        listing = remote_listing(base)
-        if name not in listing:
-            raise RemoteStorageError(_missing(url, "reading the source"))
+        name = url.rsplit("/", 1)[1]
         csv_path = folder / name
         if not _same(csv_path, listing[name]):
             download(url, csv_path, listing[name]["md5"])
@@ -503,12 +501,8 @@ def stage_source(url: str, settings: StorageSettings) -> Path:
         listing = {name: info for name, info in listing.items() if name in wanted}
         target = csv_path
     else:
-        listing = remote_listing(url)
-        if not listing:
-            raise RemoteStorageError(_missing(url, "reading the source"))
         target = folder
     todo = [name for name, info in listing.items() if not _same(folder / name, info)]
-    base = url.rsplit("/", 1)[0] if url.endswith(".csv") else url
     _parallel(lambda name: download(join(base, name), folder / name, listing[name]["md5"]), todo, settings.workers)
     return target
 
@@ -528,16 +522,21 @@ def _csv_paths(csv_path: Path, url: str) -> set[str]:
     return paths
 
 
+def source_listing(url: str) -> tuple[str, dict[str, dict]]:
+    """The folder of a remote source (a CSV's folder, or the image folder) and its listing;
+    RemoteStorageError when the CSV, or any object in the folder, is not there."""
+    base = url.rsplit("/", 1)[0] if url.endswith(".csv") else url
+    listing = remote_listing(base)
+    if not listing or (url.endswith(".csv") and url.rsplit("/", 1)[1] not in listing):
+        raise RemoteStorageError(_missing(url, "reading the source"))
+    return base, listing
+
+
 def source_listing_digest(url: str) -> str:
     """What ingesting a remote source reads: every object's name, size and MD5 (one listing,
     no download), for the ingestion's cache key."""
     digest = hashlib.sha256()
-    base = url.rsplit("/", 1)[0] if url.endswith(".csv") else url
-    listing = remote_listing(base)
-    if url.endswith(".csv") and url.rsplit("/", 1)[1] not in listing:
-        raise RemoteStorageError(_missing(url, "reading the source"))
-    if not listing:
-        raise RemoteStorageError(_missing(url, "reading the source"))
+    _, listing = source_listing(url)
     for name in sorted(listing):
         digest.update(f"{name}\0{listing[name]['size']}\0{listing[name]['md5']}\n".encode())
     return digest.hexdigest()
@@ -552,10 +551,14 @@ def remote_ingested(url: str) -> bool:
         return fs.exists(join(url, MANIFEST_NAME)[len(SCHEME):])
 
 
-def direct_read_refusal(source: str) -> str:
-    return (f"storage.read_shards: direct reads the shards of an ingested gs:// folder where they are, but "
-            f"data.source {source} is not one; ingest it into a bucket first (pvs ingest SOURCE DIR, then "
-            "gcloud storage cp -r DIR gs://BUCKET/FOLDER; or the data/ folder of a gs:// run) or use read_shards: stage")
+def check_direct_read(source: str, read_shards: str) -> None:
+    """`storage.read_shards: direct` needs an ingested gs:// source: UserError otherwise."""
+    if read_shards != "direct" or (is_remote(source) and remote_ingested(source)):
+        return
+    raise UserError(f"storage.read_shards: direct reads the shards of an ingested gs:// folder where they are, but "
+                    f"data.source {source} is not one; ingest it into a bucket first (pvs ingest SOURCE DIR, then "
+                    "gcloud storage cp -r DIR gs://BUCKET/FOLDER; or the data/ folder of a gs:// run) or use "
+                    "read_shards: stage")
 
 
 def check_locations(run_dir: str, source: str, weights: str, read_shards: str = "stage") -> None:
@@ -565,14 +568,9 @@ def check_locations(run_dir: str, source: str, weights: str, read_shards: str = 
     if is_remote(run_dir):
         remote_listing_or_empty(run_dir.rstrip("/"))
     if is_remote(source):
-        base, name = source.rsplit("/", 1)
-        if source.endswith(".csv") and name not in remote_listing(base):
-            raise RemoteStorageError(_missing(source, "reading the source"))
-        if not source.endswith(".csv") and not remote_listing(source):
-            raise RemoteStorageError(_missing(source, "reading the source"))
+        source_listing(source)
     if is_remote(weights):
         base, name = weights.rsplit("/", 1)
         if name not in remote_listing(base):
             raise RemoteStorageError(_missing(weights, "reading the weights"))
-    if read_shards == "direct" and not (is_remote(source) and remote_ingested(source)):
-        raise UserError(direct_read_refusal(source))
+    check_direct_read(source, read_shards)

@@ -27,14 +27,13 @@ from pipeline.storage import (
     RunRoot,
     ShardCache,
     StorageSettings,
-    direct_read_refusal,
+    check_direct_read,
     download,
     is_remote,
     join,
     remote_ingested,
     stage_source,
 )
-from tfrecords.errors import UserError
 from tfrecords.files import write_text_atomic
 from tfrecords.ingest import ingest, summary
 from tfrecords.manifest import (
@@ -86,10 +85,9 @@ def ingest_data(work: Work, config: PipelineConfig) -> dict:
     cache; images into the cache, then ingested. Its `manifest` file's folder is the data."""
     logger = get_run_logger()
     (work.folder / SHARDS_AT_NAME).unlink(missing_ok=True)  # left by a run with read_shards: direct
+    check_direct_read(config.data.source, config.storage.read_shards)  # as `pvs run` did (not deployments)
     if is_remote(config.data.source):
         return _ingest_remote(work, config)
-    if config.storage.read_shards == "direct":
-        raise UserError(direct_read_refusal(config.data.source))
     source = Path(config.data.source)
     if (source / MANIFEST_NAME).is_file():
         manifest = read_manifest(source, ImageManifest)
@@ -118,8 +116,6 @@ def _ingest_remote(work: Work, config: PipelineConfig) -> dict:
         logger.info(f"data: the ingested folder {source}, staged in {work.folder} "
                     f"({fetched} of {len(manifest.shards)} shards downloaded, the others from the cache)")
     else:
-        if config.storage.read_shards == "direct":
-            raise UserError(direct_read_refusal(source))
         staged = stage_source(source, settings)
         logger.info(f"data: {source} staged in {staged}")
         manifest = ingest(staged, work.folder, config.data.ingest, progress=False, source_name=source)
