@@ -19,7 +19,7 @@ import phases
 import tfrecords
 from phases.config import PipelineConfig
 from pipeline.records import Work
-from pipeline.storage import RunRoot, is_remote, remote_ingested, source_listing_digest
+from pipeline.storage import RunRoot, StorageSettings, is_remote, remote_ingested, source_listing_digest, stage_file
 from tfrecords.files import sha256_file
 from tfrecords.manifest import MANIFEST_NAME, ShardEntry
 from tfrecords.sources import scan_source
@@ -72,10 +72,32 @@ def source_digest(source: str | Path) -> str:
     return listing.hexdigest()
 
 
+@cache
+def _file_sha256(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """sha256 of a local file, hashed once per state in a process (the change time moves on
+    every write or rename, even one that restores the modification time, as `cp -p` does)."""
+    return sha256_file(path)
+
+
+def weights_digest(config: PipelineConfig) -> str | None:
+    """sha256 of the `model.weights` file (None for 'imagenet' and 'none'): a file replaced
+    in place under the same name is other weights, so every key that depends on them changes.
+    A gs:// file is staged (downloaded only when its MD5 changed) and its copy hashed."""
+    weights = config.model.weights
+    if weights in ("imagenet", "none"):
+        return None
+    if is_remote(weights):
+        return stage_file(weights, StorageSettings.of(config))[1]
+    stat = Path(weights).stat()
+    return _file_sha256(str(Path(weights).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 def shared_settings(config: PipelineConfig) -> dict:
-    """What every scored model depends on besides its own phase: model, inputs, runtime, evaluation."""
+    """What every scored model depends on besides its own phase: model (and the weights
+    file's content), inputs, runtime, evaluation."""
     return {
         "model": config.model.model_dump(),
+        "weights_sha256": weights_digest(config),
         "inputs": config.data.model_dump(include={"image_size", "batch_size", "shuffle_buffer"}),
         "runtime": config.runtime.model_dump(),
         "evaluation": config.evaluation.model_dump(exclude={"extraction_concurrency"}),  # how fast, not what
