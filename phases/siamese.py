@@ -3,8 +3,9 @@
 The backbone is frozen here, so its features are computed once (the six views of
 every train image, and the eval splits without augmentation) and cached as
 embedding shards: an epoch then costs a few matrix products instead of a pass
-through EfficientNet. The projection, Dense then L2 normalisation, trains on
-batches of `labels_per_batch` labels x `views_per_label` members, following the
+through EfficientNet. The train features are read back memory-mapped
+(`load_embeddings(mapped_in=...)`), so they need not fit in memory. The
+projection, Dense then L2 normalisation, trains on batches of `labels_per_batch` labels x `views_per_label` members, following the
 margin schedule: each step sets the loss margin and the learning rate for its
 epochs. Resume order as in every phase: this phase's checkpoint, then the
 previous phase's model, then a new backbone.
@@ -70,7 +71,7 @@ class LabelBalancedBatches(keras.utils.PyDataset):
 
     def __getitem__(self, number: int):
         rows = self.batches[number]
-        return self.features[rows], self.labels[rows]
+        return np.asarray(self.features[rows]), self.labels[rows]  # features may be memory-mapped
 
 
 def cache_features(backbone: keras.Model, backbone_sha256: str, config: PipelineConfig, data_dir: Path, folder: Path) -> Path:
@@ -152,7 +153,7 @@ def _train_projection(phase, config, context, previous, strategy, chief: bool, s
         backbone_sha256 = f"initial:{config.model.model_dump_json()}:{config.runtime.seed}"
     features_dir = context.work_dir / "features" if scratch is None else scratch / "features"
     features = cache_features(backbone, backbone_sha256, config, context.data_dir, features_dir)
-    train = load_embeddings(features, "train")
+    train = load_embeddings(features, "train", mapped_in=features)  # memory-mapped: 40 GB at eProduct scale
     labels = train_labels(train, phase.labels)
     evaluation = load_group(features, config.evaluation.split)
     checkpoints = context.work_dir / "checkpoints"

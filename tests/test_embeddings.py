@@ -57,3 +57,31 @@ def test_wrong_dimension_and_unknown_set_are_errors(tmp_path):
         load_embeddings(tmp_path, "train")
     with pytest.raises(ValueError, match=r"vectors must be \[n, 7\], got \[2, 3\]"):
         EmbeddingWriter(tmp_path / "other", dim=7).add("x", np.zeros((2, 3)), ["a", "b"], [0, 1])
+
+
+def test_a_set_larger_than_what_it_may_hold_in_memory_loads_memory_mapped(tmp_path):
+    """Phase 4's train features at eProduct scale (40 GB) must not be held in memory: with
+    `mapped_in`, loading a set holds a few batches, not the set (traced by tracemalloc, which
+    sees NumPy's buffers), gives back the same rows, and leaves no file behind."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    count, dim = 24_000, 1280  # 123 MB of vectors
+    vectors = rng.normal(size=(count, dim)).astype(np.float32)
+    products = rng.integers(0, 1000, count)
+    with EmbeddingWriter(tmp_path / "features", dim=dim, records_per_shard=8192) as writer:
+        writer.add("train", vectors, [f"{i}.jpg" for i in range(count)], products, views=np.arange(count) % 6)
+    peaks = {}
+    for mapped in (False, True):
+        tracemalloc.start()
+        loaded = load_embeddings(tmp_path / "features", "train", mapped_in=tmp_path / "features" if mapped else None)
+        peaks[mapped] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_array_equal(loaded.vectors, vectors)
+        np.testing.assert_array_equal(loaded.product_ids, products)
+        np.testing.assert_array_equal(loaded.views, np.arange(count) % 6)
+        assert isinstance(loaded.vectors, np.memmap) == mapped
+        del loaded
+    assert peaks[False] > vectors.nbytes  # the in-memory load holds the set (and its parts)
+    assert peaks[True] < vectors.nbytes / 4, peaks
+    assert sorted(path.name for path in (tmp_path / "features").iterdir() if "vectors" in path.name) == []

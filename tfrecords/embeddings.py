@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfrecords.errors import UserError
-from tfrecords.files import atomic_writer, link_into_place, sha256_file
+from tfrecords.errors import ManifestError, UserError
+from tfrecords.files import atomic_writer, link_into_place, raise_if_disk_error, sha256_file, temporary_name
 from tfrecords.manifest import EmbeddingManifest, ShardEntry, read_manifest, verify_shards, write_manifest
 from tfrecords.record_format import encode_example, write_record
 
@@ -163,10 +163,21 @@ def read_embeddings(folder: str | Path, split: str, batch_size: int | None = Non
     return dataset if batch_size else dataset.unbatch()
 
 
-def load_embeddings(folder: str | Path, split: str, verify: bool = True) -> EmbeddingArrays:
-    """All embeddings of one set as NumPy arrays (rows in shard order)."""
-    parts = list(read_embeddings(folder, split, batch_size=4096, verify=verify).as_numpy_iterator())
-    columns = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+def load_embeddings(folder: str | Path, split: str, verify: bool = True, mapped_in: str | Path | None = None) -> EmbeddingArrays:
+    """All embeddings of one set as NumPy arrays (rows in shard order).
+
+    With `mapped_in` (a folder), the vectors are streamed into a temporary `.npy` file
+    there and come back memory-mapped, read-only: a set larger than memory loads (phase 4's
+    cached train features are 1.3M images x 6 views x 1280 x 4 B = 40 GB at eProduct
+    scale), the pages it reads stay in the OS' cache while memory allows. The file is
+    unlinked once mapped, so its space is freed with the array; a process killed while
+    writing it leaves a `.*.tmp`, which the next run sweeps. The ids are in memory."""
+    dataset = read_embeddings(folder, split, batch_size=4096, verify=verify)
+    if mapped_in is None:
+        parts = list(dataset.as_numpy_iterator())
+        columns = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    else:
+        columns = _stream_vectors(dataset, read_manifest(folder, EmbeddingManifest), split, Path(mapped_in))
     return EmbeddingArrays(
         vectors=columns["embedding"],
         image_ids=columns["image_id"],
@@ -174,3 +185,31 @@ def load_embeddings(folder: str | Path, split: str, verify: bool = True) -> Embe
         category_ids=columns["category_id"],
         views=columns["view"],
     )
+
+
+def _stream_vectors(dataset, manifest: EmbeddingManifest, split: str, folder: Path) -> dict[str, np.ndarray]:
+    """`load_embeddings(mapped_in=folder)`'s columns: the vectors written batch by batch
+    after a .npy header (plain writes: a full disk is an OSError, not a fault in a mapping)."""
+    count = sum(shard.records for shard in manifest.shards_of(split))
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (count, manifest.dim)}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = temporary_name(folder / f"{split}-vectors.npy")
+    ids: dict[str, list[np.ndarray]] = {"image_id": [], "product_id": [], "category_id": [], "view": []}
+    try:
+        written = 0
+        with open(path, "wb") as handle:
+            np.lib.format.write_array_header_2_0(handle, header)
+            for part in dataset.as_numpy_iterator():
+                handle.write(np.ascontiguousarray(part["embedding"], dtype="<f4").tobytes())
+                written += len(part["embedding"])
+                for key, chunks in ids.items():
+                    chunks.append(part[key])
+        if written != count:
+            raise ManifestError(f"set {split!r}: {written} records read, the manifest counts {count}")
+        vectors = np.load(path, mmap_mode="r")
+    except BaseException as error:
+        raise_if_disk_error(folder, error)
+        raise
+    finally:
+        path.unlink(missing_ok=True)  # a mapping outlives its file's name
+    return {"embedding": vectors, **{key: np.concatenate(chunks) for key, chunks in ids.items()}}
