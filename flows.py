@@ -22,6 +22,7 @@ every epoch and at their end, so a run killed on one machine resumes on another.
 
 import json
 import shutil
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from prefect.futures import as_completed
 
 import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
 from phases.config import PipelineConfig
+from phases.distribute import resolve_strategy, tf_config_chief
 from phases.errors import ConfigError
 from phases.extraction import final_shards
 from pipeline import keys
@@ -51,7 +53,15 @@ from pipeline.runtime import configure_runtime
 from pipeline.scores import ScoreTable, phase_rows
 from pipeline.search import sheet_markdown, write_run_sheet
 from pipeline.storage import RunRoot, StorageSettings, is_remote, stage_file
-from pipeline.tasks import embed_shard, extract_embeddings, ingest_data, score_baseline, train_phase
+from pipeline.tasks import (
+    embed_shard,
+    extract_embeddings,
+    ingest_data,
+    score_baseline,
+    train_phase,
+    train_phase_beside_the_chief,
+)
+from tfrecords.errors import UserError
 from tfrecords.files import sha256_file, write_bytes_atomic, write_text_atomic
 
 install_log_filters()
@@ -74,10 +84,17 @@ def default_run_dir(config_path: str | Path) -> Path:
     return Path("runs") / Path(config_path).stem
 
 
+class ChiefTimeoutError(UserError):
+    """A worker that is not the chief waited longer than `storage.chief_wait_minutes`."""
+
+
 def run(task_fn, work: Work, forced: set[str], run_root: RunRoot, **arguments) -> dict:
     """Call a cached task for `work`: recomputed (its folder cleared) when forced, and
     with Prefect's cached result refreshed when the folder's record does not hold.
-    Under a gs:// root, the folder is pulled from the bucket first and pushed after."""
+    Under a gs:// root, the folder is pulled from the bucket first and pushed after;
+    on a worker that is not the chief, see `follow`."""
+    if run_root.read_only:
+        return follow(task_fn, work, run_root, arguments)
     fresh = before_task(work, work.name in forced, run_root)
     return after_task(work, run_root, task_fn.with_options(refresh_cache=fresh)(work, **arguments))
 
@@ -115,6 +132,56 @@ def after_task(work: Work, run_root: RunRoot, output: dict) -> dict:
     return recorded_output(work.folder)
 
 
+def follow(task_fn, work: Work, root: RunRoot, arguments: dict) -> dict:
+    """`run` on a worker that is not the chief of a multi-worker cluster, all of whose hosts
+    run this flow on one gs:// run folder. It writes nothing there: a step the chief has
+    finished (its record in the bucket, with this key) is pulled; a phase that is not is
+    trained in lockstep with the chief, from the checkpoint the chief last pushed, then its
+    record is awaited; every other step (ingestion, the baseline) is awaited."""
+    logger = get_run_logger()
+    if root.pull_record(work.folder, work.key) and work.finished() is not None:
+        logger.info(f"{work.name}: finished by the chief; pulled from {root.url(work.folder)}")
+        return recorded_output(work.folder)
+    if task_fn is train_phase:
+        pulled = root.pull_checkpoints(work.folder)
+        logger.info(f"{work.name}: training beside the chief" + (f" ({pulled} checkpoint file(s) pulled)" if pulled else ""))
+        train_phase_beside_the_chief(work, **{name: value for name, value in arguments.items() if name != "root"})
+    minutes = arguments["config"].storage.chief_wait_minutes
+    logger.info(f"{work.name}: waiting for the chief's record in {root.url(work.folder)}")
+    wait_for_chief(lambda: root.pull_record(work.folder, work.key) and work.finished() is not None,
+                   f"{work.name}: the chief's record in {root.url(work.folder)}", minutes)
+    return recorded_output(work.folder)
+
+
+def wait_for_chief(ready, what: str, minutes: float):
+    """Poll `ready()` (a listing of the bucket each time, every 1 s at first, then every 15 s)
+    until it returns something true, which is returned; ChiefTimeoutError after `minutes`."""
+    deadline, delay = time.monotonic() + minutes * 60, 1.0
+    while not (found := ready()):
+        if time.monotonic() > deadline:
+            raise ChiefTimeoutError(
+                f"{what}: not there after {minutes:g} minutes (storage.chief_wait_minutes); is the chief running "
+                "this config on the same run folder, with the same TF_CONFIG cluster?"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 15.0)
+    return found
+
+
+def chief_summary(root: RunRoot, final_model_sha256: str, minutes: float) -> dict:
+    """The run's summary (run.json) once the chief has pushed it for this final model."""
+
+    def ready() -> dict | None:
+        root.pull_loose_files()
+        try:
+            summary = json.loads((root.local / "run.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return summary if summary.get("final_model_sha256") == final_model_sha256 else None
+
+    return wait_for_chief(ready, f"the run's summary in {root.remote}/run.json", minutes)
+
+
 def _clear(work: Work) -> None:
     if work.name == "ingest":
         (work.folder / "result.json").unlink(missing_ok=True)  # shards are checked and rewritten by ingestion itself
@@ -136,12 +203,30 @@ def finetune(
     config = load_config(config_path, overrides)
     forced = check_force(config, force)
     root = RunRoot(run_dir or default_run_dir(config_path), StorageSettings.of(config))
+    root.read_only = beside_the_chief(config, str(root), forced)
     root.pull_loose_files()  # run-config.yaml, for the owner check
     with claim_run_root(root.local, Path(config_path), config) as swept:
         if swept:
             get_run_logger().info(f"removed {swept} temporary file(s) left in {root.local} by an interrupted run")
         configure_runtime(config)
         return _run_steps(config, root, forced)
+
+
+def beside_the_chief(config: PipelineConfig, run_dir: str, forced: set[str] | list[str]) -> bool:
+    """Whether this process is a worker that is not the chief of a multi-worker cluster, known
+    from TF_CONFIG before the strategy is made (which waits for every worker to connect). Such
+    a worker cannot share a local run folder (each host's is its own; the hosts share a gs://
+    one) nor force a step (the chief's to do): refused here, at once."""
+    if resolve_strategy(config.runtime.strategy) != "multi_worker" or tf_config_chief():
+        return False
+    if not is_remote(run_dir):
+        raise ConfigError(
+            f"run folder {run_dir}: this process is a worker that is not the chief of its TF_CONFIG cluster, and "
+            "writes nothing; every host of a multi-worker run needs the same gs:// run folder (--run-dir gs://...)"
+        )
+    if forced:
+        raise ConfigError(f"force {', '.join(sorted(forced))}: only the chief recomputes steps; give force to the chief alone")
+    return True
 
 
 def local_inputs(config: PipelineConfig) -> PipelineConfig:
@@ -182,6 +267,12 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: set[str]) -> dict:
         root.push(local, recursive=False)  # the scores so far
         create_table_artifact(rows, key=artifact_key(name, "scores", phase.name), description=f"{phase.name}: scores per epoch")
         update_progress_artifact(progress, 100 * (2 + number) / steps)
+
+    if root.read_only:  # the extraction is the chief's alone: this worker ends with the chief's summary
+        summary = chief_summary(root, previous["model_sha256"], config.storage.chief_wait_minutes)
+        logger.info(f"submission: {summary['submission']} (the chief's; {summary['final_split']}: "
+                    f"mar_at_10 {summary['final_scores']['mar_at_10']:.4f})")
+        return summary
 
     shards = embed_shards(config, inputs, root, "extraction" in forced, data, previous)
     extraction = run(extract_embeddings, keys.extraction_work(config, root, data, previous), forced, root,

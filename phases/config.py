@@ -270,6 +270,10 @@ class StorageConfig(Section):
     # sha256 check: TFRecord's per-record CRCs still catch damage; a shard replaced in the
     # bucket after ingestion goes unnoticed). Only for an ingested gs:// source.
     read_shards: Literal["stage", "direct"] = "stage"
+    # Several hosts on one gs:// run folder (runtime.strategy multi_worker): how long a worker
+    # that is not the chief waits for what only the chief writes (the ingested data, the
+    # baseline, each phase's model once both trained it, the run's summary) before it fails.
+    chief_wait_minutes: PositiveFloat = 720.0
 
 
 class PipelineConfig(Section):

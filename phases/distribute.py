@@ -49,6 +49,21 @@ def cluster_workers(environ=None) -> int:
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def tf_config_chief(environ=None) -> bool:
+    """Whether TF_CONFIG makes this process its cluster's chief (`chief_task`'s rule), read
+    without TensorFlow: a MultiWorkerMirroredStrategy, once made, waits for every worker of
+    the cluster to connect, so the role must be known before. No TF_CONFIG: the chief."""
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not text.strip():
+        return True
+    try:
+        document = json.loads(text)
+        task = document.get("task", {})
+        return chief_task(task.get("type"), int(task.get("index", 0)), document.get("cluster", {}))
+    except (ValueError, AttributeError, TypeError) as error:
+        raise ValueError(f"TF_CONFIG is not a JSON object with a cluster and a task: {error}") from None
+
+
 def _tpu_resolver():
     """A TPU cluster resolver when this machine reaches a TPU, else None.
 

@@ -134,13 +134,14 @@ def _run(args) -> None:
     # gs:// buckets and objects
     check_locations(args.run_dir or "", config.data.source, config.model.weights, config.storage.read_shards)
 
-    from flows import check_force, default_run_dir, finetune
+    from flows import beside_the_chief, check_force, default_run_dir, finetune
     from pipeline.reports import read_scores
     from pipeline.scores import ScoreTable
     from pipeline.storage import RunRoot, StorageSettings, is_remote
 
     check_force(config, args.force)
     run_dir = str(args.run_dir or default_run_dir(args.config))
+    beside_the_chief(config, run_dir, args.force)
     finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force)
     local = RunRoot(run_dir, StorageSettings.of(config)).local  # a gs:// run's local mirror holds the same files
     table = ScoreTable(local / "scores.csv")

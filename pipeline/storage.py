@@ -276,6 +276,8 @@ class RunRoot:
         else:
             self.local = Path(location)
         self.identity = self.remote or str(self.local.resolve())
+        # A worker that is not the chief of a multi-worker cluster reads the bucket, never writes it.
+        self.read_only = False
 
     def __str__(self) -> str:
         return self.remote or str(self.local)
@@ -325,6 +327,30 @@ class RunRoot:
         rest = {name: info for name, info in listing.items() if name not in shards and name not in (RECORD_NAME, MANIFEST_NAME)}
         return copied + self._download(folder, url, rest)
 
+    def pull_record(self, folder: Path, key: str) -> bool:
+        """Whether the bucket holds a step's finished record with `key`; if so, its files are
+        pulled. One listing when it does not (what a worker waiting for the chief polls)."""
+        if self.remote is None:
+            return False
+        listing = remote_listing_or_empty(self.url(folder))
+        if RECORD_NAME not in listing:
+            return False
+        self._download(folder, self.url(folder), {RECORD_NAME: listing[RECORD_NAME]})
+        with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+            if json.loads((folder / RECORD_NAME).read_text()).get("key") == key:
+                self.pull(folder, key)
+                return True
+        return False
+
+    def pull_checkpoints(self, folder: Path) -> int:
+        """A step's `checkpoints/` as the bucket holds them: what a worker that is not the chief
+        resumes from, at the chief's epoch (it pulls no feature cache: it makes its own)."""
+        if self.remote is None:
+            return 0
+        url = self.url(folder)
+        listing = {name: info for name, info in remote_listing_or_empty(url).items() if name.startswith("checkpoints/")}
+        return self._download(folder, url, listing)
+
     def pull_finished(self, folder: Path, only: Sequence[str] | None = None) -> int:
         """A step's folder as the record in the bucket lists it (its key read from there),
         or with `only`, the record and those of its files; nothing when there is no record."""
@@ -351,7 +377,7 @@ class RunRoot:
 
     def remove(self, folder: Path) -> int:
         """Delete the bucket's copy of `folder` (a step recomputed with --force)."""
-        if self.remote is None:
+        if self.remote is None or self.read_only:
             return 0
         url = self.url(folder)
         names = list(remote_listing_or_empty(url))
@@ -363,8 +389,8 @@ class RunRoot:
     def push(self, folder: Path, recursive: bool = True) -> int:
         """Make the bucket's copy of `folder` equal to the local one: upload what is new or
         changed (the record last), then delete what is no longer here (old checkpoints).
-        Returns the number of objects written or deleted; 0 for a local root."""
-        if self.remote is None or not folder.is_dir():
+        Returns the number of objects written or deleted; 0 for a local or read-only root."""
+        if self.remote is None or self.read_only or not folder.is_dir():
             return 0
         url = self.url(folder)
         listing = remote_listing_or_empty(url)

@@ -148,6 +148,21 @@ def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: dict,
     With a gs:// `root`, the folder is pushed to the bucket after every epoch (checkpoint
     included), so the phase can resume on another machine.
     """
+    output, model_path = _train(work, config, phase_name, data, previous, root)
+    return write_record(work.folder, work.key, output, {"model": model_path})
+
+
+@task(task_run_name="{work.name}", persist_result=False)
+def train_phase_beside_the_chief(work: Work, config: PipelineConfig, phase_name: str, data: dict,
+                                 previous: dict | None) -> dict:
+    """A worker that is not the chief of a multi-worker cluster: trains the phase in lockstep
+    with the chief (from the checkpoint the flow pulled from the bucket) and writes nothing:
+    no record, no cache entry. The flow takes the phase's model from the chief's record."""
+    return _train(work, config, phase_name, data, previous, None)[0]
+
+
+def _train(work: Work, config: PipelineConfig, phase_name: str, data: dict, previous: dict | None,
+           root: RunRoot | None) -> tuple[dict, Path]:
     logger = get_run_logger()
     phase = config.phase(phase_name)
     scores = ScoreReporter(logger, phase.name, work.folder / "tensorboard")
@@ -175,7 +190,7 @@ def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: dict,
         "resumed_after_epoch": result.resumed_after_epoch,
         **result.extra,
     }
-    return write_record(work.folder, work.key, output, {"model": result.model_path})
+    return output, result.model_path
 
 
 @cached_task

@@ -93,7 +93,7 @@ def test_runtime_settings_are_validated_together():
 
 
 def test_auto_resolves_from_tf_config_and_devices_and_the_chief_follows_tf_config():
-    from phases.distribute import chief_task, cluster_workers, resolve_strategy
+    from phases.distribute import chief_task, cluster_workers, resolve_strategy, tf_config_chief
 
     two = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}})}
     one = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}})}
@@ -107,6 +107,10 @@ def test_auto_resolves_from_tf_config_and_devices_and_the_chief_follows_tf_confi
     assert chief_task("chief", 0, {"chief": ["c"], "worker": ["a"]})
     assert not chief_task("worker", 0, {"chief": ["c"], "worker": ["a"]})
     assert chief_task(None, None, {})
+    # The same rule from TF_CONFIG alone (the flow's, before any strategy waits for its workers).
+    assert not tf_config_chief(two) and tf_config_chief(one) and tf_config_chief({})
+    with pytest.raises(ValueError, match="TF_CONFIG is not a JSON object"):
+        tf_config_chief({"TF_CONFIG": "[1]"})
 
 
 def test_a_process_keeps_the_strategy_it_made_first(monkeypatch):
