@@ -16,7 +16,7 @@ import yaml
 from conftest import free_port, states
 
 from pipeline.storage import mirror_path
-from reliability.conftest import start_run, tiny_config, wait_for
+from reliability.conftest import start_run, tiny_config
 
 
 def cluster(size: int = 2) -> dict:
