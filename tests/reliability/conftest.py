@@ -91,6 +91,15 @@ def wait_for(predicate, run: Run | None = None, timeout: float = 300, what: str 
         time.sleep(0.05)
 
 
+def bucket_names(url: str) -> list[str]:
+    """Every object under the gs:// folder `url`, named relative to it."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return sorted(name[len(path) + 1:] for name in fs.find(path))
+
+
 def read_scores(run_dir: Path) -> list[dict]:
     with open(run_dir / "scores.csv", newline="") as handle:
         return list(csv.DictReader(handle))

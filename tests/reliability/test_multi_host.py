@@ -16,7 +16,7 @@ import yaml
 from conftest import free_port, states
 
 from pipeline.storage import mirror_path
-from reliability.conftest import start_run, tiny_config
+from reliability.conftest import bucket_names, start_run, tiny_config
 
 
 def cluster(size: int = 2) -> dict:
@@ -52,12 +52,6 @@ def start_hosts(config, run_url, server, tmp_path, name, workers, **environment)
         runs.append(start_run(config, run_url, server, tmp_path / f"{name}-{index}.log", "--set", f"storage.cache_dir={cache}",
                               TF_CONFIG=tf_config, PVS_TEST_ROOT=str(mirror_path(run_url, cache)), **extra))
     return runs
-
-
-def bucket_names(url: str) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()
-    return sorted(name[len(path) + 1:] for name in fs.find(path))
 
 
 def epoch_losses(output: str) -> list[str]:

@@ -10,13 +10,7 @@ import pytest
 from conftest import states
 
 from pipeline.storage import mirror_path
-from reliability.conftest import assert_same_scores, read_scores, run_to_end, start_run, tiny_config
-
-
-def bucket_names(url: str) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()
-    return sorted(name[len(path) + 1:] for name in fs.find(path))
+from reliability.conftest import assert_same_scores, bucket_names, read_scores, run_to_end, start_run, tiny_config
 
 
 @pytest.mark.slow
