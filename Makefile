@@ -25,11 +25,16 @@ demo: $(INSTALLED)
 	$(BIN)/pvs verify $(DEMO)/data
 	$(BIN)/pvs preview $(DEMO)/data --out $(DEMO)/preview.png
 
+# Two pytest-xdist workers: most tests spend their time in one Python thread (tracing,
+# eager steps, a server or a `pvs run` waiting), so two share 2 cores well. The reliability
+# reference run's tests stay on one worker (tests/conftest.py), which makes that run once.
+XDIST := -n 2 --dist loadgroup
+
 test: $(INSTALLED)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 test-fast: $(INSTALLED)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/ingest.py

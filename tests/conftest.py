@@ -37,6 +37,17 @@ TINY_DEMO = DemoOptions(products=24, shots=4, categories=3, image_size=48, seed=
 TINY_SHARD = 20_000  # bytes: several shards per split even for tiny data
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers), the tests of the reliability suite's
+    reference run share one worker, so that the run is made once: every other session-scoped
+    fixture (a Prefect server, the emulator, the tiny datasets) is cheap to make per worker."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if "reference" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("reference"))
+
+
 @pytest.fixture(scope="session")
 def demo_images(tmp_path_factory) -> Path:
     """A generated image folder, SRC/<category>/<product>/<shot>.{jpg,png}."""
