@@ -161,7 +161,7 @@ def wait_for_chief(ready, what: str, minutes: float):
         if time.monotonic() > deadline:
             raise ChiefTimeoutError(
                 f"{what}: not there after {minutes:g} minutes (storage.chief_wait_minutes); is the chief running "
-                "this config on the same run folder, with the same TF_CONFIG cluster?"
+                "this config on the same run folder and data source, with the same TF_CONFIG cluster?"
             )
         time.sleep(delay)
         delay = min(delay * 2, 15.0)
