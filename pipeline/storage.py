@@ -307,40 +307,20 @@ class RunRoot:
         if self.remote is None:
             return 0
         url = self.url(folder)
-        listing = remote_listing_or_empty(url)
-        if not listing:
-            return 0
-        record, copied = None, 0
-        if RECORD_NAME in listing:
-            copied = self._download(folder, url, {RECORD_NAME: listing[RECORD_NAME]})
-            with contextlib.suppress(OSError, json.JSONDecodeError):
-                record = json.loads((folder / RECORD_NAME).read_text())
-        if isinstance(record, dict) and record.get("key") == key:
-            wanted = {entry["path"] for entry in record.get("files", {}).values()} | {RECORD_NAME}
-            listing = {name: info for name, info in listing.items() if name in wanted}
-        shards = {}
-        if MANIFEST_NAME in listing:
-            copied += self._download(folder, url, {MANIFEST_NAME: listing[MANIFEST_NAME]})
-            shards = {entry.file: entry for entry in _manifest_shards(folder / MANIFEST_NAME) if entry.file in listing}
-        if shards:
-            copied += self.shards.stage(url, list(shards.values()), folder)
-        rest = {name: info for name, info in listing.items() if name not in shards and name not in (RECORD_NAME, MANIFEST_NAME)}
-        return copied + self._download(folder, url, rest)
+        return self._pull_listed(folder, url, remote_listing_or_empty(url), key)
 
     def pull_record(self, folder: Path, key: str) -> bool:
         """Whether the bucket holds a step's finished record with `key`; if so, its files are
         pulled. One listing when it does not (what a worker waiting for the chief polls)."""
         if self.remote is None:
             return False
-        listing = remote_listing_or_empty(self.url(folder))
-        if RECORD_NAME not in listing:
+        url = self.url(folder)
+        listing = remote_listing_or_empty(url)
+        _, record = self._fetch_record(folder, url, listing)
+        if record is None or record.get("key") != key:
             return False
-        self._download(folder, self.url(folder), {RECORD_NAME: listing[RECORD_NAME]})
-        with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
-            if json.loads((folder / RECORD_NAME).read_text()).get("key") == key:
-                self.pull(folder, key)
-                return True
-        return False
+        self._pull_listed(folder, url, listing, key)
+        return True
 
     def pull_checkpoints(self, folder: Path) -> int:
         """A step's `checkpoints/` as the bucket holds them: what a worker that is not the chief
@@ -358,16 +338,42 @@ class RunRoot:
             return 0
         url = self.url(folder)
         listing = remote_listing_or_empty(url)
-        if RECORD_NAME not in listing:
-            return 0
-        copied = self._download(folder, url, {RECORD_NAME: listing[RECORD_NAME]})
-        try:
-            key = json.loads((folder / RECORD_NAME).read_text())["key"]
-        except (OSError, ValueError, KeyError, TypeError):
+        copied, record = self._fetch_record(folder, url, listing)
+        key = None if record is None else record.get("key")
+        if key is None:
             return copied
         if only is not None:
             return copied + self._download(folder, url, {name: listing[name] for name in only if name in listing})
-        return copied + self.pull(folder, key)
+        return copied + self._pull_listed(folder, url, listing, key)
+
+    def _pull_listed(self, folder: Path, url: str, listing: dict[str, dict], key: str) -> int:
+        """`pull` from the folder's `listing`, already made."""
+        if not listing:
+            return 0
+        copied, record = self._fetch_record(folder, url, listing)
+        if record is not None and record.get("key") == key:
+            wanted = {entry["path"] for entry in record.get("files", {}).values()} | {RECORD_NAME}
+            listing = {name: info for name, info in listing.items() if name in wanted}
+        shards = {}
+        if MANIFEST_NAME in listing:
+            copied += self._download(folder, url, {MANIFEST_NAME: listing[MANIFEST_NAME]})
+            shards = {entry.file: entry for entry in _manifest_shards(folder / MANIFEST_NAME) if entry.file in listing}
+        if shards:
+            copied += self.shards.stage(url, list(shards.values()), folder)
+        rest = {name: info for name, info in listing.items() if name not in shards and name not in (RECORD_NAME, MANIFEST_NAME)}
+        return copied + self._download(folder, url, rest)
+
+    def _fetch_record(self, folder: Path, url: str, listing: dict[str, dict]) -> tuple[int, dict | None]:
+        """The step's record as the bucket holds it, downloaded into `folder` when it changed:
+        (files copied, the record); None for no record or one that is not a JSON object."""
+        if RECORD_NAME not in listing:
+            return 0, None
+        copied = self._download(folder, url, {RECORD_NAME: listing[RECORD_NAME]})
+        try:
+            record = json.loads((folder / RECORD_NAME).read_text())
+        except (OSError, ValueError):
+            return copied, None
+        return copied, record if isinstance(record, dict) else None
 
     def _download(self, folder: Path, url: str, listing: dict[str, dict]) -> int:
         """Download the listed objects whose local copy is missing or different."""
