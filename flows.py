@@ -139,7 +139,11 @@ def follow(task_fn, work: Work, root: RunRoot, arguments: dict) -> dict:
     trained in lockstep with the chief, from the checkpoint the chief last pushed, then its
     record is awaited; every other step (ingestion, the baseline) is awaited."""
     logger = get_run_logger()
-    if root.pull_record(work.folder, work.key) and work.finished() is not None:
+
+    def finished_by_the_chief() -> bool:
+        return root.pull_record(work.folder, work.key) and work.finished() is not None
+
+    if finished_by_the_chief():
         logger.info(f"{work.name}: finished by the chief; pulled from {root.url(work.folder)}")
         return recorded_output(work.folder)
     if task_fn is train_phase:
@@ -148,8 +152,7 @@ def follow(task_fn, work: Work, root: RunRoot, arguments: dict) -> dict:
         train_phase_beside_the_chief(work, **{name: value for name, value in arguments.items() if name != "root"})
     minutes = arguments["config"].storage.chief_wait_minutes
     logger.info(f"{work.name}: waiting for the chief's record in {root.url(work.folder)}")
-    wait_for_chief(lambda: root.pull_record(work.folder, work.key) and work.finished() is not None,
-                   f"{work.name}: the chief's record in {root.url(work.folder)}", minutes)
+    wait_for_chief(finished_by_the_chief, f"{work.name}: the chief's record in {root.url(work.folder)}", minutes)
     return recorded_output(work.folder)
 
 

@@ -37,15 +37,23 @@ from phases.config import RuntimeConfig
 _created: tuple[str, tf.distribute.Strategy] | None = None  # (kind, strategy) of this process
 
 
-def cluster_workers(environ=None) -> int:
-    """How many tasks that train (workers and a chief) TF_CONFIG names; 0 without TF_CONFIG."""
+def _tf_config(environ=None) -> dict:
+    """TF_CONFIG as a mapping; {} when it is unset or blank."""
     text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
     if not text.strip():
-        return 0
+        return {}
     try:
-        cluster = json.loads(text).get("cluster", {})
-    except (ValueError, AttributeError) as error:
+        document = json.loads(text)
+    except ValueError as error:
         raise ValueError(f"TF_CONFIG is not a JSON object with a cluster: {error}") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"TF_CONFIG is not a JSON object with a cluster: {text[:80]}")  # noqa: TRY004 (a bad value, as above)
+    return document
+
+
+def cluster_workers(environ=None) -> int:
+    """How many tasks that train (workers and a chief) TF_CONFIG names; 0 without TF_CONFIG."""
+    cluster = _tf_config(environ).get("cluster", {})
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
@@ -53,11 +61,10 @@ def tf_config_chief(environ=None) -> bool:
     """Whether TF_CONFIG makes this process its cluster's chief (`chief_task`'s rule), read
     without TensorFlow: a MultiWorkerMirroredStrategy, once made, waits for every worker of
     the cluster to connect, so the role must be known before. No TF_CONFIG: the chief."""
-    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
-    if not text.strip():
+    document = _tf_config(environ)
+    if not document:
         return True
     try:
-        document = json.loads(text)
         task = document.get("task", {})
         return chief_task(task.get("type"), int(task.get("index", 0)), document.get("cluster", {}))
     except (ValueError, AttributeError, TypeError) as error:

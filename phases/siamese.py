@@ -5,10 +5,11 @@ every train image, and the eval splits without augmentation) and cached as
 embedding shards: an epoch then costs a few matrix products instead of a pass
 through EfficientNet. The train features are read back memory-mapped
 (`load_embeddings(mapped_in=...)`), so they need not fit in memory. The
-projection, Dense then L2 normalisation, trains on batches of `labels_per_batch` labels x `views_per_label` members, following the
-margin schedule: each step sets the loss margin and the learning rate for its
-epochs. Resume order as in every phase: this phase's checkpoint, then the
-previous phase's model, then a new backbone.
+projection, Dense then L2 normalisation, trains on batches of `labels_per_batch`
+labels x `views_per_label` members, following the margin schedule: each step sets
+the loss margin and the learning rate for its epochs. Resume order as in every
+phase: this phase's checkpoint, then the previous phase's model, then a new
+backbone.
 
 Under a tf.distribute strategy only the projection is distributed: it and its optimizer
 are made in the strategy's scope, and Keras splits each batch of `LabelBalancedBatches`
