@@ -271,15 +271,16 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: set[str]) -> dict:
         create_table_artifact(rows, key=artifact_key(name, "scores", phase.name), description=f"{phase.name}: scores per epoch")
         update_progress_artifact(progress, 100 * (2 + number) / steps)
 
+    final = final_model(previous)
     if root.read_only:  # the extraction is the chief's alone: this worker ends with the chief's summary
-        summary = chief_summary(root, previous["model_sha256"], config.storage.chief_wait_minutes)
+        summary = chief_summary(root, final["model_sha256"], config.storage.chief_wait_minutes)
         logger.info(f"submission: {summary['submission']} (the chief's; {summary['final_split']}: "
                     f"mar_at_10 {summary['final_scores']['mar_at_10']:.4f})")
         return summary
 
-    shards = embed_shards(config, inputs, root, "extraction" in forced, data, previous)
-    extraction = run(extract_embeddings, keys.extraction_work(config, root, data, previous), forced, root,
-                     config=inputs, data=data, final=previous, shards=shards)
+    shards = embed_shards(config, inputs, root, "extraction" in forced, data, final)
+    extraction = run(extract_embeddings, keys.extraction_work(config, root, data, final), forced, root,
+                     config=inputs, data=data, final=final, shards=shards)
     embeddings = Path(extraction["embeddings manifest"]).parent
     submission = local / "submission.csv"
     write_bytes_atomic(submission, Path(extraction["submission"]).read_bytes())
@@ -300,8 +301,8 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: set[str]) -> dict:
         "submission": where(submission),
         "submission_sha256": sha256_file(submission),
         "embeddings": where(embeddings),
-        "final_model": where(previous["model"]),
-        "final_model_sha256": previous["model_sha256"],
+        "final_model": where(final["model"]),
+        "final_model_sha256": final["model_sha256"],
         "final_split": extraction["split"],
         "final_scores": extraction["scores"],
         "search_sheet": where(sheet),
@@ -310,6 +311,14 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: set[str]) -> dict:
     root.push(local, recursive=False)
     logger.info(f"submission: {where(submission)} ({extraction['split']}: mar_at_10 {extraction['scores']['mar_at_10']:.4f})")
     return summary
+
+
+def final_model(last_phase: dict) -> dict:
+    """The model that embeds the final split, as {"model": path, "model_sha256": ...}: the last
+    phase's `embedder` when it has one (a classifier's: images -> the features it was scored
+    with, not its class probabilities), else its model (an embedding phase's embedder)."""
+    name = "embedder" if "embedder" in last_phase else "model"
+    return {"model": last_phase[name], "model_sha256": last_phase[f"{name}_sha256"]}
 
 
 def embed_shards(config: PipelineConfig, inputs: PipelineConfig, root: RunRoot, forced: bool, data: dict,

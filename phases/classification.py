@@ -30,9 +30,10 @@ from phases.distribute import (
     synchronize_batch_norm,
 )
 from phases.errors import ConfigError
-from phases.model import backbone_of, build_backbone, build_classifier, calibrate_batch_norm, set_trainable
+from phases.model import build_backbone, build_classifier, calibrate_batch_norm, features_of, set_trainable
 from phases.scoring import accuracy, embed_split, embedding_scores
 from phases.unit import (
+    EMBEDDER_FILE,
     PhaseContext,
     PhaseResult,
     check_loss,
@@ -75,9 +76,9 @@ def score_split(
     return scores
 
 
-def classifier_scorer(model: keras.Model) -> keras.Model:
-    """Images -> [the backbone's pooled features, class probabilities]: one pass gives both."""
-    return keras.Model(model.input, [backbone_of(model).output, model.output])
+def classifier_scorer(model: keras.Model, features: str = "head_batch_norm") -> keras.Model:
+    """Images -> [the features it embeds with (`model.features`), class probabilities]: one pass gives both."""
+    return keras.Model(model.input, [features_of(model, features).output, model.output])
 
 
 def initial_classifier(config: PipelineConfig, data_dir: Path, classes: int) -> keras.Model:
@@ -103,11 +104,12 @@ def initial_classifier(config: PipelineConfig, data_dir: Path, classes: int) -> 
 
 
 def baseline_row(config: PipelineConfig, data_dir: Path) -> dict:
-    """The `baseline` row: the untrained model's backbone features scored on val."""
+    """The `baseline` row: the untrained model's features (`model.features`) scored on val.
+    (A new head's BatchNormalization only scales the pooled features: the same ranking.)"""
     set_precision(config.runtime.precision)
     _, classes = class_labels(config, read_manifest(data_dir, ImageManifest))
-    backbone = backbone_of(initial_classifier(config, data_dir, classes))
-    return {"phase": "baseline", "epoch": 0, **score_split(backbone, config, data_dir, config.evaluation.split, None)}
+    features = features_of(initial_classifier(config, data_dir, classes), config.model.features)
+    return {"phase": "baseline", "epoch": 0, **score_split(features, config, data_dir, config.evaluation.split, None)}
 
 
 def run_classification_phase(
@@ -146,7 +148,7 @@ def run_classification_phase(
             )
             start, rows = 0, []
         synchronize_batch_norm(model, strategy)
-    scorer = classifier_scorer(model)  # made outside the scope: it predicts on this process's device
+    scorer = classifier_scorer(model, config.model.features)  # made outside the scope: it predicts on this process's device
     for epoch in range(start, phase.epochs):
         started = time.perf_counter()
         history = model.fit(
@@ -166,18 +168,24 @@ def run_classification_phase(
                "train_seconds": round(time.perf_counter() - started, 3)}
         row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, labels_of, verify=False))
         end_epoch(context, checkpoints, epoch, model, rows, row, chief)
-    return finish_phase(phase.name, config, context, model, "model.keras", (scorer, labels_of), rows, checkpoint, chief)
+    return finish_phase(phase.name, config, context, model, "model.keras", (scorer, labels_of), rows, checkpoint, chief,
+                        embedder=features_of(model, config.model.features))
 
 
 def finish_phase(name: str, config: PipelineConfig, context: PhaseContext, model: keras.Model, file_name: str,
-                 scoring: tuple[keras.Model, str | None], rows: list[dict], checkpoint, chief: bool = True) -> PhaseResult:
+                 scoring: tuple[keras.Model, str | None], rows: list[dict], checkpoint, chief: bool = True,
+                 embedder: keras.Model | None = None) -> PhaseResult:
     """Save a trained phase's final model in its work folder and score the final split with
-    `scoring` (a scorer and the labels it classifies, as `score_split` takes them).
+    `scoring` (a scorer and the labels it classifies, as `score_split` takes them). A
+    classifier's `embedder` (images -> the features it was scored with) is saved beside it
+    as `embedder.keras`: what extraction and search use when this phase is the last.
 
     A worker that is not the chief saves nothing (Keras' save reads the variables' local
     values, no collective op): its result names the chief's model, with no sha256 ("")."""
     model_path = context.work_dir / file_name
     digest = save_model(model, model_path) if chief else ""
+    embedder_path = None if embedder is None else context.work_dir / EMBEDDER_FILE
+    embedder_digest = save_model(embedder, embedder_path) if chief and embedder is not None else ""
     final_group = config.evaluation.final_split
     final_scores = None
     if read_manifest(context.data_dir, ImageManifest).has_queries(final_group):
@@ -186,6 +194,8 @@ def finish_phase(name: str, config: PipelineConfig, context: PhaseContext, model
         name=name,
         model_path=model_path,
         model_sha256=digest,
+        embedder_path=embedder_path,
+        embedder_sha256=embedder_digest,
         rows=rows,
         final_scores=final_scores,
         resumed_after_epoch=checkpoint.epoch + 1 if checkpoint is not None else None,
@@ -200,6 +210,7 @@ def _training_batches(phase, config: PipelineConfig, data_dir: Path, labels_of: 
         image_size=config.data.image_size,
         augment=phase.augment,
         shuffle_buffer=config.data.shuffle_buffer,
+        view_shuffle_buffer=config.data.view_shuffle_buffer,
         batch_size=config.data.batch_size,
         drop_remainder=static_shapes,
         seed=epoch_seed(config.runtime.seed, phase.name, epoch),

@@ -27,6 +27,12 @@ class DataConfig(Section):
     batch_size: int = Field(32, ge=2)
     # Encoded records held for shuffling (~30 KB each for eProduct-size JPEGs).
     shuffle_buffer: int = Field(2048, ge=0)
+    # With `augment: all`, training views held (decoded) for shuffling after each image is
+    # expanded into its six views, so a batch mixes views of many images rather than six
+    # of one (the head's BatchNormalization would see correlated batches). The seed's
+    # author shuffled 10 batches' worth (1,280 views of 128); each view costs
+    # image_size^2 x 3 x 4 bytes: 1,280 at 224 px hold 770 MB. 0: views stay in order.
+    view_shuffle_buffer: int = Field(1024, ge=0)
     ingest: IngestOptions = IngestOptions()
 
 
@@ -55,6 +61,15 @@ class ModelConfig(Section):
     # are run through the new backbone to measure real statistics first (as AdaBN
     # does), so that frozen BatchNormalization works from scratch too. 0: off.
     batch_norm_calibration_batches: int = Field(0, ge=0)
+    # The features the recipe embeds with after phases 1-3 and phase 4 trains on:
+    # `head_batch_norm`, the output of the classifier head's BatchNormalization in inference
+    # mode (the seed: "output from the last Batch Normalization layer ... was used as input
+    # for training the Siamese part"; its author's code feeds that to Dense(512)), or
+    # `pooled`, the backbone's pooled features before it. Baseline rows, the scores of
+    # phases 1-3, phase 4's cached features and the extracted embeddings all use it, so
+    # "after phase 3" is what phase 4 starts from. (End-to-end phases use the pooled
+    # features: they train the backbone under their own head.)
+    features: Literal["head_batch_norm", "pooled"] = "head_batch_norm"
     # What phases 1-3 classify: `category`, `product`, or `auto` (categories when
     # the data has them, else the train products).
     classify: Literal["auto", "category", "product"] = "auto"

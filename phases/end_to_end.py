@@ -26,7 +26,7 @@ from phases.distribute import alike_every_iteration, is_chief, local_model, prep
 from phases.errors import ConfigError
 from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import backbone_of, build_embedder, build_projection, set_trainable
-from phases.unit import PhaseContext, PhaseResult, check_loss, end_epoch, epoch_seed, seed_model_randomness
+from phases.unit import EMBEDDER_FILE, PhaseContext, PhaseResult, check_loss, end_epoch, epoch_seed, seed_model_randomness
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_view_groups
@@ -81,7 +81,7 @@ def run_end_to_end_phase(
                "learning_rate": step.learning_rate, "train_seconds": round(time.perf_counter() - started, 3)}
         row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, None, verify=False))
         end_epoch(context, checkpoints, epoch, model, rows, row, chief)
-    return finish_phase(phase.name, config, context, model, "embedder.keras", (scorer, None), rows, checkpoint, chief)
+    return finish_phase(phase.name, config, context, model, EMBEDDER_FILE, (scorer, None), rows, checkpoint, chief)
 
 
 def _initial_embedder(phase: EndToEndPhase, config: PipelineConfig, data_dir: Path, manifest, previous) -> keras.Model:

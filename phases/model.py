@@ -8,7 +8,9 @@
 * classifier (phases 1-3): backbone -> BatchNormalization -> Dropout -> Dense(softmax);
 * projection (embedding phases): features -> Dense(projection_dim) -> L2 normalisation,
   or MILDNet's head: Dense(hidden, relu) -> Dropout -> Dense(projection_dim) -> L2;
-* embedder (extraction): backbone -> projection, or the backbone alone.
+* features (`model.features`): the classifier's input up to its head's BatchNormalization
+  output (the seed's phase-4 input), or up to the pooled features;
+* embedder (extraction): features -> projection, or the features alone.
 
 Under a mixed precision policy (`runtime.precision`) the layers compute in 16 bits, but
 the class probabilities and the embedding head's last Dense and normalisation are
@@ -29,6 +31,7 @@ from phases.errors import ConfigError
 from phases.layers import CaffePreprocessing
 
 BACKBONE_NAME = "backbone"
+FEATURES_NAME = "features"  # images -> the features of `model.features`: phase 4's input, the classifiers' embedding
 # Layers that are not the backbone's: the classifier's head and the embedding projection.
 HEAD_LAYERS = frozenset({"head_batch_norm", "head_dropout", "head_classes", "projection"})
 
@@ -123,6 +126,15 @@ def build_classifier(backbone: keras.Model, classes: int, dropout: float) -> ker
 def backbone_of(model: keras.Model) -> keras.Model:
     """The backbone part of a classifier: its input up to the pooled features."""
     return keras.Model(model.input, model.get_layer("head_batch_norm").input, name=BACKBONE_NAME)
+
+
+def features_of(model: keras.Model, features: str = "head_batch_norm") -> keras.Model:
+    """Images -> the features a classifier embeds with (`model.features`): the output of its
+    head's BatchNormalization (`head_batch_norm`; in inference mode when predicting, so the
+    moving statistics apply), or the pooled backbone features before it (`pooled`)."""
+    if features == "pooled":
+        return backbone_of(model)
+    return keras.Model(model.input, model.get_layer("head_batch_norm").output, name=FEATURES_NAME)
 
 
 def block_names(backbone: keras.Model, architecture: str = "EfficientNetB0") -> list[str]:

@@ -1,8 +1,9 @@
-"""Phase 4: a projection trained on cached backbone features with a triplet loss.
+"""Phase 4: a projection trained on cached features with a triplet loss.
 
-The backbone is frozen here, so its features are computed once (the six views of
-every train image, and the eval splits without augmentation) and cached as
-embedding shards: an epoch then costs a few matrix products instead of a pass
+The features are those of the model phase 3 ends with (`model.features`: by default
+the output of its head's BatchNormalization, as in the seed), frozen here, so they are
+computed once (the six views of every train image, and the eval splits without
+augmentation) and cached as embedding shards: an epoch then costs a few matrix products instead of a pass
 through EfficientNet. The train features are read back memory-mapped
 (`load_embeddings(mapped_in=...)`), so they need not fit in memory. The
 projection, Dense then L2 normalisation, trains on batches of `labels_per_batch`
@@ -34,9 +35,9 @@ from phases.classification import class_labels, initial_classifier
 from phases.config import PipelineConfig, SiamesePhase
 from phases.distribute import is_chief, local_model, prepare
 from phases.losses import apply_schedule_step, compile_for_schedule
-from phases.model import backbone_of, build_embedder, build_projection
+from phases.model import build_embedder, build_projection, features_of
 from phases.scoring import embed_split, embedding_scores
-from phases.unit import PhaseContext, PhaseResult, check_loss, end_epoch, epoch_seed, seed_model_randomness
+from phases.unit import EMBEDDER_FILE, PhaseContext, PhaseResult, check_loss, end_epoch, epoch_seed, seed_model_randomness
 from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
 from tfrecords.errors import ManifestError
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
@@ -146,12 +147,16 @@ def run_siamese_phase(
 
 
 def _train_projection(phase, config, context, previous, strategy, chief: bool, scratch: Path | None) -> PhaseResult:
+    # The features of the model before (`model.features`: its head's BatchNormalization output
+    # by default, as the seed), which the projection trains on and the embedder starts with.
     if previous is not None:
-        backbone, backbone_sha256 = backbone_of(load_model(previous[0], previous[1], compile=False)), previous[1]
+        classifier, backbone_sha256 = load_model(previous[0], previous[1], compile=False), previous[1]
     else:
         _, classes = class_labels(config, read_manifest(context.data_dir, ImageManifest))
-        backbone = backbone_of(initial_classifier(config, context.data_dir, classes))
+        classifier = initial_classifier(config, context.data_dir, classes)
         backbone_sha256 = f"initial:{config.model.model_dump_json()}:{config.runtime.seed}"
+    backbone = features_of(classifier, config.model.features)
+    backbone_sha256 = f"{backbone_sha256}:{config.model.features}"
     features_dir = context.work_dir / "features" if scratch is None else scratch / "features"
     features = cache_features(backbone, backbone_sha256, config, context.data_dir, features_dir)
     train = load_embeddings(features, "train", mapped_in=features)  # memory-mapped: 40 GB at eProduct scale
@@ -192,7 +197,7 @@ def _train_projection(phase, config, context, previous, strategy, chief: bool, s
                "learning_rate": step.learning_rate, "train_seconds": round(time.perf_counter() - started, 3)}
         row.update(project_scores(scorer, *evaluation, config.evaluation.triplet_sample))
         end_epoch(context, checkpoints, epoch, projection, rows, row, chief)
-    embedder_path = context.work_dir / "embedder.keras"
+    embedder_path = context.work_dir / EMBEDDER_FILE
     digest = ""  # a worker that is not the chief writes no model: see finish_phase
     if chief:
         save_model(projection, context.work_dir / "projection.keras")

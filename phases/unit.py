@@ -12,6 +12,9 @@ from phases.checkpoints import save_checkpoint
 from phases.errors import TrainingError
 
 
+EMBEDDER_FILE = "embedder.keras"  # a phase's images -> embeddings model, in its work folder
+
+
 def _ignore(row: dict) -> None:
     return None
 
@@ -34,7 +37,8 @@ class PhaseContext:
 
 @dataclass
 class PhaseResult:
-    """A finished phase: its final model (path and sha256), one score row per epoch,
+    """A finished phase: its final model (path and sha256; for a classifier also the model
+    it embeds with, `embedder_path`), one score row per epoch,
     the scores of the final split (None when the data has none), and the epoch it
     resumed after (None when it started from scratch). On a worker that is not the chief
     of a multi-worker strategy, which writes nothing, `model_path` is where the chief
@@ -44,6 +48,10 @@ class PhaseResult:
     model_path: Path
     model_sha256: str
     rows: list[dict]
+    # A classifier's images -> embeddings model (`model.features`) when `model_path` is not
+    # one: what extraction and search use if this phase is the last. None for embedding phases.
+    embedder_path: Path | None = None
+    embedder_sha256: str = ""
     final_scores: dict | None = None
     resumed_after_epoch: int | None = None
     extra: dict = field(default_factory=dict)

@@ -148,8 +148,8 @@ def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: dict,
     With a gs:// `root`, the folder is pushed to the bucket after every epoch (checkpoint
     included), so the phase can resume on another machine.
     """
-    output, model_path = _train(work, config, phase_name, data, previous, root)
-    return write_record(work.folder, work.key, output, {"model": model_path})
+    output, models = _train(work, config, phase_name, data, previous, root)
+    return write_record(work.folder, work.key, output, models)
 
 
 @task(task_run_name="{work.name}", persist_result=False)
@@ -162,7 +162,9 @@ def train_phase_beside_the_chief(work: Work, config: PipelineConfig, phase_name:
 
 
 def _train(work: Work, config: PipelineConfig, phase_name: str, data: dict, previous: dict | None,
-           root: RunRoot | None) -> tuple[dict, Path]:
+           root: RunRoot | None) -> tuple[dict, dict[str, Path]]:
+    """Run the phase; returns its output and its model files: `model` (what the next phase
+    starts from) and, for a classifier, `embedder` (what extraction uses if it is the last)."""
     logger = get_run_logger()
     phase = config.phase(phase_name)
     scores = ScoreReporter(logger, phase.name, work.folder / "tensorboard")
@@ -190,7 +192,10 @@ def _train(work: Work, config: PipelineConfig, phase_name: str, data: dict, prev
         "resumed_after_epoch": result.resumed_after_epoch,
         **result.extra,
     }
-    return output, result.model_path
+    models = {"model": result.model_path}
+    if result.embedder_path is not None:
+        models["embedder"] = result.embedder_path
+    return output, models
 
 
 @cached_task

@@ -45,7 +45,7 @@ def test_overrides_address_phases_by_name_and_parse_values():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"data.colour": 1}, "data.colour: unknown key; the keys here are source, image_size, batch_size, shuffle_buffer, ingest"),
+        ({"data.colour": 1}, "data.colour: unknown key; the keys here are source, image_size, batch_size, shuffle_buffer, view_shuffle_buffer, ingest"),
         ({"phases.siamese.margin_schedule.0.colour": 1}, "phases.siamese.margin_schedule.0.colour: unknown key; the keys here are margin, learning_rate, epochs"),
         ({"phases.top.unfreeze_from": "block9a", "phases.top.unfreeze": "from"}, "phases.top.unfreeze_from: 'block9a' starts no layer of EfficientNetB0"),
         ({"phases.top.learning_rate": -0.1}, "phases.top.learning_rate: Input should be greater than 0"),

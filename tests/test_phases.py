@@ -140,3 +140,49 @@ def test_end_to_end_phase_trains_a_mildnet_head_in_graph_mode_and_resumes_from_i
     (work / "checkpoints" / "epoch-0001.json").unlink()  # as if killed during the last epoch's save
     resumed = run_end_to_end_phase(config.phases[0], config, PhaseContext(data_dir=ingested, work_dir=work))
     assert resumed.resumed_after_epoch == 1 and [row["epoch"] for row in resumed.rows] == [1, 2]
+
+
+@pytest.mark.slow
+def test_phase_four_trains_on_the_head_batch_norm_output_and_a_classifier_extracts_what_it_was_scored_with(ingested, tmp_path):
+    """The seed's phase-4 input is the classifier head's BatchNormalization output (inference
+    mode), and a run that ends with a classifier embeds its final split with the features its
+    rows were scored with, not its class probabilities."""
+    from phases.checkpoints import load_model
+    from phases.classification import run_classification_phase
+    from phases.extraction import embed_shard, final_shards, merge
+    from phases.model import backbone_of, features_of
+    from phases.siamese import run_siamese_phase
+    from phases.unit import PhaseContext
+    from tfrecords.embeddings import load_embeddings
+    from tfrecords.options import ReadOptions
+    from tfrecords.reader import read_images
+
+    raw = tiny_config(ingested)
+    raw["phases"] = [{**raw["phases"][0], "epochs": 1, "learning_rate": 0.1},
+                     {**raw["phases"][3], "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}]}]
+    raw["runtime"]["eager"] = True  # no tracing: a few seconds
+    config = PipelineConfig.model_validate(raw)
+    top = run_classification_phase(config.phases[0], config, PhaseContext(data_dir=ingested, work_dir=tmp_path / "top"))
+
+    classifier = load_model(top.model_path, top.model_sha256, compile=False)
+    embedder = load_model(top.embedder_path, top.embedder_sha256, compile=False)
+    images = next(read_images(ingested, "val_query", ReadOptions(image_size=32, batch_size=64)).as_numpy_iterator())
+    after_norm = features_of(classifier).predict(images["image"], verbose=0)
+    pooled = backbone_of(classifier).predict(images["image"], verbose=0)
+    np.testing.assert_allclose(embedder.predict(images["image"], verbose=0), after_norm, atol=1e-5)
+    assert np.abs(after_norm - pooled).max() > 0.1  # the trained head's normalisation moved them
+
+    group, shards = final_shards(config, ingested)
+    parts = [tmp_path / "shards" / shard.file for shard in shards]
+    for shard, part in zip(shards, parts):
+        embed_shard(top.embedder_path, top.embedder_sha256, config, ingested, shard, part)
+    extracted = merge(parts, top.embedder_sha256, config, group, tmp_path / "extraction")
+    assert load_embeddings(extracted.embeddings_dir, f"{group}_query").vectors.shape[1] == 1280  # features, not classes
+    assert extracted.scores["mar_at_10"] == pytest.approx(top.final_scores["mar_at_10"], abs=1e-6)
+
+    siamese = run_siamese_phase(config.phases[1], config, PhaseContext(data_dir=ingested, work_dir=tmp_path / "siamese"),
+                                (top.model_path, top.model_sha256))
+    cached = load_embeddings(tmp_path / "siamese" / "features", "val_query")
+    assert cached.image_ids.tolist() == images["image_id"].tolist()  # the whole split: one batch
+    np.testing.assert_allclose(cached.vectors, after_norm, atol=1e-4)
+    assert siamese.rows and siamese.embedder_path is None

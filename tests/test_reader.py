@@ -73,6 +73,20 @@ def test_deterministic_shuffle_repeats_with_the_seed_and_changes_with_it(ingeste
     assert first != other and sorted(first) == sorted(other)
 
 
+def test_all_views_are_shuffled_after_expansion_so_a_batch_mixes_many_images(ingested):
+    def batches(view_shuffle_buffer):
+        options = ReadOptions(image_size=16, augment="all", shuffle_buffer=64, view_shuffle_buffer=view_shuffle_buffer,
+                              batch_size=12, seed=4, deterministic=True)
+        return list(read_images(ingested, "train", options).as_numpy_iterator())
+
+    in_order, shuffled = batches(0), batches(96)
+    assert all(len(set(batch["image_id"])) == 2 for batch in in_order[:-1])  # six views of one image, then the next
+    assert np.mean([len(set(batch["image_id"])) for batch in shuffled[:-1]]) > 6
+    views = lambda batches: sorted((i, v) for b in batches for i, v in zip(b["image_id"], b["view"]))  # noqa: E731
+    assert views(shuffled) == views(in_order)  # every view of every image, once
+    assert [b["image_id"].tolist() for b in batches(96)] == [b["image_id"].tolist() for b in shuffled]  # seeded
+
+
 def test_batches_have_the_configured_shape(ingested):
     options = ReadOptions(image_size=24, batch_size=8, drop_remainder=True)
     batches = list(read_images(ingested, "train", options).as_numpy_iterator())

@@ -49,6 +49,9 @@ class ReadOptions(BaseModel):
     # flip left-right, rot90 x1, x2, x3).
     augment: Literal["none", "random", "all"] = "none"
     shuffle_buffer: int = Field(0, ge=0)  # records; 0 keeps the shard order
+    # With `augment: all` and a shuffle_buffer: views (decoded) shuffled after the expansion,
+    # so a batch holds views of many images; 0 keeps each image's six views together.
+    view_shuffle_buffer: int = Field(0, ge=0)
     batch_size: int | None = Field(None, ge=1)
     # Drop the last, partial batch: every batch has the static shape TPUs need. For training
     # batches only (the phases set it under a TPU strategy); evaluation must see every image.

@@ -3,7 +3,8 @@
 list shards (from the manifest, sha256 checked; or the URLs of a folder whose
 shards stay in Cloud Storage: `shard_location`) -> [shuffle shard order] ->
 parallel interleave -> [shuffle records, still encoded: cheap to buffer] ->
-parallel parse, decode, pad-to-square, resize -> [augment] -> [batch] -> prefetch.
+parallel parse, decode, pad-to-square, resize -> [augment; with `all` and a
+view_shuffle_buffer, shuffle the views] -> [batch] -> prefetch.
 
 Each element is a dict: `image` float32 [size, size, 3] in [0, 255], `product_id`
 and `category_id` int64 (-1 when the source had no categories), `image_id`
@@ -161,7 +162,12 @@ def _augment(images: tf.data.Dataset, options: ReadOptions) -> tf.data.Dataset:
             repeated["view"] = tf.range(NUM_VIEWS, dtype=tf.int32)
             return tf.data.Dataset.from_tensor_slices(repeated)
 
-        return images.flat_map(expand)
+        views = images.flat_map(expand)
+        if options.shuffle_buffer and options.view_shuffle_buffer:
+            # The seed's author shuffled after expanding (unbatch, shuffle, batch): six views of
+            # one image in a row would make each batch six-fold correlated.
+            views = views.shuffle(options.view_shuffle_buffer, seed=options.seed + 4, reshuffle_each_iteration=True)
+        return views
     if options.augment == "random":
         draws = tf.data.Dataset.random(seed=options.seed + 2, rerandomize_each_iteration=True)
 
