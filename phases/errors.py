@@ -13,3 +13,7 @@ class TrainingError(UserError):
 
 class UnsafeModelError(UserError):
     """A saved model holds code (a Lambda layer, an unknown function) that Keras safe mode refuses to load."""
+
+
+class UnsafePickleError(UnsafeModelError):
+    """A pickled weights file (.pth) names a Python global other than tensors and their storages."""

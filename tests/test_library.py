@@ -113,7 +113,7 @@ def test_the_library_covers_the_backbones_heads_and_losses():
     configs = [load_config(name) for name in LIBRARY]
     assert {config.model.architecture for config in configs} >= {
         "EfficientNetB0", "EfficientNetB3", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "VGG16", "ResNet50",
-    }  # and B1, B2 by `--set model.architecture`: tests/test_model.py builds every architecture
+    }  # and B1, B2, Lite0 by `--set model.architecture`: tests/test_model.py builds every architecture
     last = [config.phases[-1] for config in configs]
     assert {phase.loss for phase in last} == {"triplet_semihard", "triplet_hard", "contrastive", "multi_similarity"}
     assert {phase.distance_metric for phase in last} == {"L2", "squared-L2", "angular"}
