@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--categories", type=int, default=5)
     demo.add_argument("--image-size", type=int, default=96, help="pixels of the longer side")
     demo.add_argument("--seed", type=int, default=0)
+    # Difficulty knobs; left out, DemoOptions' defaults (tfrecords/demo_data.py) apply.
+    demo.add_argument("--similarity", type=float, help="how alike the products of a category are, 0-1; higher is harder")
+    demo.add_argument("--clutter", type=float, help="share of shots in a cluttered scene rather than a studio, 0-1")
 
     ingest = commands.add_parser("ingest", help="images (CSV or folder) to sharded TFRecords")
     ingest.add_argument("source", type=Path, help="a CSV (path, product_id[, category][, split]) or an image folder")
@@ -201,7 +204,8 @@ def _compare(args) -> None:
 def _demo_data(args) -> None:
     from tfrecords.demo_data import DemoOptions, write_demo_data
 
-    options = DemoOptions(args.products, args.shots, args.categories, args.image_size, args.seed)
+    knobs = {name: getattr(args, name) for name in ("similarity", "clutter") if getattr(args, name) is not None}
+    options = DemoOptions(args.products, args.shots, args.categories, args.image_size, args.seed, **knobs)
     try:
         count = write_demo_data(args.out_dir, options)
     except ValueError as error:
