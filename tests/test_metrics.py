@@ -352,3 +352,111 @@ def test_nearest_neighbours_agree_with_faiss_on_exact_ties_and_rank_the_lower_po
     tied = np.diff(similarities, axis=1) == 0
     assert tied.sum() > 100, "duplicated index rows should put exact ties in many top 10s"
     assert np.all(np.diff(positions, axis=1)[tied] > 0)
+
+
+# ---- rankings that do not depend on the block size ----------------------------------------------------------
+
+
+def near_tie_data(seed: int, dim: int, moved_by=1e-5, products=300, n_query=64):
+    """float32 queries [n_query, dim], their labels, index [3 * products, dim] and its labels: each product's
+    random vector twice, and a copy moved by `moved_by` x Gaussian noise (~1e-5: similarities a few float32 ulps
+    apart; 0: a third exact copy) labelled as the next product, a look-alike; shuffled, so that copies sit at
+    scattered positions. Queries are noisy products. Float32 products of different block shapes round such
+    near-ties, and even exact copies, differently."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((products, dim), dtype=np.float32)
+    moved = vectors + np.float32(moved_by) * rng.standard_normal((products, dim), dtype=np.float32)
+    index_labels = np.concatenate([np.arange(products), (np.arange(products) + 1) % products, np.arange(products)])
+    shuffle = rng.permutation(len(index_labels))
+    index, index_labels = np.concatenate([vectors, moved, vectors])[shuffle], index_labels[shuffle]
+    query_labels = rng.integers(0, products, n_query)
+    queries = vectors[query_labels] + np.float32(0.5) * rng.standard_normal((n_query, dim), dtype=np.float32)
+    return queries, query_labels, index, index_labels
+
+
+def stable_exact_ranking(queries, index, k: int) -> np.ndarray:
+    """[n_query, k] positions by decreasing float64 cosine of the float32 inputs, equal ones lower position first.
+
+    Each distinct index vector gets one value, so exact copies tie here whatever BLAS does; near-ties ~1e-7 apart
+    are far wider than float64 rounding (~1e-16)."""
+    vectors, copy_of = np.unique(np.asarray(index, dtype=np.float64), axis=0, return_inverse=True)
+    unit_queries = queries / np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1, keepdims=True)
+    similarities = (unit_queries @ (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T)[:, copy_of.ravel()]
+    return np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+
+
+def assert_copies_adjacent_in_position_order(index, positions, similarities):
+    """In every ranked row, exact copies of an index vector form one run, in increasing positions, equally similar."""
+    for row_positions, row_similarities in zip(positions, similarities):
+        keys = [index[position].tobytes() for position in row_positions]
+        runs = [key for rank, key in enumerate(keys) if rank == 0 or key != keys[rank - 1]]
+        assert len(runs) == len(set(runs)), "copies of a vector separated by another item"
+        same = np.array([keys[rank] == keys[rank - 1] for rank in range(1, len(keys))], dtype=bool)
+        assert np.all(np.diff(row_positions)[same] > 0) and np.all(np.diff(row_similarities)[same] == 0)
+
+
+@pytest.mark.parametrize("dim", [512, 768, 1280])
+def test_ranking_is_the_exact_stable_sort_whatever_the_block_or_chunk_size(dim):
+    queries, _, index, _ = near_tie_data(seed=14, dim=dim)
+    expected = stable_exact_ranking(queries, index, k=12)
+    results = [
+        nearest_neighbours(queries, index, k=12, **size)
+        for size in ({"chunk_size": 1}, {"chunk_size": 7}, {"chunk_size": 64}, {"max_block_bytes": 1}, {})
+    ]
+    for positions, similarities in results:
+        np.testing.assert_array_equal(positions, expected)
+        np.testing.assert_array_equal(similarities, results[0][1])
+        assert_copies_adjacent_in_position_order(index, positions, similarities)
+
+
+def test_exact_copies_tie_even_when_a_single_query_goes_through_another_blas_kernel():
+    # Found on OpenBLAS 0.3.31 (Haswell): one query (gemv) gives some copies a similarity 1 ulp
+    # apart from the others, so that ranking by float32 listed them out of position order.
+    queries, _, index, _ = near_tie_data(seed=0, dim=768, moved_by=0)
+    one_at_a_time = nearest_neighbours(queries, index, k=9, chunk_size=1)
+    all_at_once = nearest_neighbours(queries, index, k=9, chunk_size=len(queries))
+    np.testing.assert_array_equal(one_at_a_time[0], all_at_once[0])
+    assert_copies_adjacent_in_position_order(index, *one_at_a_time)
+
+
+def test_retrieval_scores_do_not_depend_on_the_block_size_with_near_ties_and_copies():
+    data = near_tie_data(seed=15, dim=768)
+    all_at_once = retrieval_scores(*data, chunk_size=len(data[0]))
+    for size in ({"chunk_size": 1}, {"chunk_size": 5}, {"max_block_bytes": 1}, {}):
+        assert retrieval_scores(*data, **size) == all_at_once
+
+
+def test_a_collapsed_model_keeps_its_float32_order_without_recomputing_every_item(monkeypatch):
+    recomputed_pairs = []
+    exact_cosines = metrics._exact_cosines
+
+    def counted_exact_cosines(queries, query_norms, index, index_scale, rows, positions):
+        recomputed_pairs.append(len(rows))
+        return exact_cosines(queries, query_norms, index, index_scale, rows, positions)
+
+    monkeypatch.setattr(metrics, "_exact_cosines", counted_exact_cosines)
+    rng = np.random.default_rng(16)
+    queries = rng.standard_normal((6, 64))
+    index = 1 + 1e-6 * rng.standard_normal((3000, 64))  # all within the error bound: 3000 candidates a row
+    positions, similarities = nearest_neighbours(queries, index, k=10, chunk_size=4)
+    assert sum(recomputed_pairs) == 0, "rows over depth + MAX_NEAR_TIES candidates are not recomputed"
+    assert all(len(set(row)) == 10 for row in positions) and np.all(np.diff(similarities, axis=1) <= 0)
+    np.testing.assert_allclose(similarities, listed_cosines(queries, index, positions), atol=1e-6)
+    # Exact ties still rank the lower position first.
+    tied_positions, _ = nearest_neighbours(queries, np.ones((3000, 64)), k=10)
+    np.testing.assert_array_equal(tied_positions, np.tile(np.arange(10), (6, 1)))
+
+
+def test_rows_with_up_to_depth_plus_max_near_ties_candidates_are_recomputed_exactly(monkeypatch):
+    monkeypatch.setattr(metrics, "MAX_NEAR_TIES", 3000)
+    index = np.ones((3000, 64))  # every item tied: 3000 candidates, now within the cap
+    positions, similarities = nearest_neighbours(np.ones((2, 64)), index, k=10)
+    np.testing.assert_array_equal(positions, np.tile(np.arange(10), (2, 1)))
+    np.testing.assert_array_equal(similarities, 1)
+
+
+def test_vectors_too_small_for_float32_error_bounds_count_as_zero_vectors():
+    index = np.array([[1.0, 0.0], [1e-16, 1e-16], [-1.0, 0.0]], dtype=np.float32)  # norm 1.4e-16 < 2^-50
+    positions, similarities = nearest_neighbours([[1.0, 0.0]], index, k=3)
+    np.testing.assert_array_equal(positions, [[0, 1, 2]])
+    np.testing.assert_array_equal(similarities, [[1, 0, -1]])
