@@ -20,7 +20,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 # No usage telemetry from the temporary Prefect server (this network is closed anyway).
 demo: export PREFECT_SERVER_ANALYTICS_ENABLED = false
 demo: $(INSTALLED)
-	$(BIN)/pvs demo-data $(DEMO)/images --products 120
+	$(BIN)/pvs demo-data $(DEMO)/images --products 500 --categories 16 --image-size 128
 	$(BIN)/pvs run --config configs/demo.yaml --run-dir $(DEMO)
 	$(BIN)/pvs verify $(DEMO)/data
 	$(BIN)/pvs preview $(DEMO)/data --out $(DEMO)/preview.png

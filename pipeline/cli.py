@@ -201,11 +201,22 @@ def _compare(args) -> None:
         print(f"table: {args.table}")
 
 
-def _demo_data(args) -> None:
-    from tfrecords.demo_data import DemoOptions, write_demo_data
+def demo_options(arguments: list[str]):
+    """The DemoOptions that `pvs demo-data ARGUMENTS` writes with (ARGUMENTS: the output folder and options)."""
+    return _demo_options(_parser().parse_args(["demo-data", *arguments]))
+
+
+def _demo_options(args):
+    from tfrecords.demo_data import DemoOptions
 
     knobs = {name: getattr(args, name) for name in ("similarity", "clutter") if getattr(args, name) is not None}
-    options = DemoOptions(args.products, args.shots, args.categories, args.image_size, args.seed, **knobs)
+    return DemoOptions(args.products, args.shots, args.categories, args.image_size, args.seed, **knobs)
+
+
+def _demo_data(args) -> None:
+    from tfrecords.demo_data import write_demo_data
+
+    options = _demo_options(args)
     try:
         count = write_demo_data(args.out_dir, options)
     except ValueError as error:

@@ -66,9 +66,6 @@ def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_ph
     # Each phase's last row also carries the test scores measured at the end of the phase.
     assert [bool(row["test_mar_at_10"]) for row in rows] == [False, True, True, True, False, True]
     assert rows[3]["test_accuracy"] != "" and rows[1]["val_accuracy"] != ""
-    # Phase 1 trains the head only and BatchNormalization is frozen: the backbone's
-    # features, hence the retrieval scores, are the baseline's.
-    assert rows[1]["mar_at_10"] == rows[0]["mar_at_10"] and rows[1]["map_at_r"] == rows[0]["map_at_r"]
     assert all(0 <= float(row["mar_at_10"]) <= 1 for row in rows)
     assert (run_dir / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
