@@ -12,7 +12,7 @@ All configs run into one run folder from one config file, rewritten for each, as
 edits a config and runs it again: a step that an earlier config ran identically (the
 seed's phases 1-3 under a phase-4 variant, say) is a cache hit, checked by its record,
 and only what differs is trained. That is the pipeline's caching at work, and it keeps
-the 19 configs (the demo's own test runs it) to about six minutes on 2 cores.
+the 20 configs to about six minutes on 2 cores.
 """
 
 import csv
@@ -24,8 +24,6 @@ import yaml
 from pipeline.config_files import library, library_configs, load_config
 
 LIBRARY = [name for name, _ in library_configs()]
-# configs/demo.yaml runs end to end at its own size, in graph mode, in tests/test_demo.py.
-TESTED_HERE = [name for name in LIBRARY if name != "demo"]
 
 
 def tiny(name: str, data_dir) -> dict:
@@ -74,7 +72,7 @@ def on_server(prefect_server):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", TESTED_HERE)
+@pytest.mark.parametrize("name", LIBRARY)
 def test_named_config_runs_end_to_end_at_the_tiny_size(name, library_data, on_server, shared_root):
     from flows import finetune
 
