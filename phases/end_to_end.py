@@ -26,7 +26,15 @@ from phases.distribute import alike_every_iteration, is_chief, local_model, prep
 from phases.errors import ConfigError
 from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import backbone_of, build_embedder, build_projection, set_trainable
-from phases.unit import EMBEDDER_FILE, PhaseContext, PhaseResult, check_loss, end_epoch, epoch_seed, seed_model_randomness
+from phases.unit import (
+    EMBEDDER_FILE,
+    PhaseContext,
+    PhaseResult,
+    check_loss,
+    end_epoch,
+    epoch_seed,
+    seed_model_randomness,
+)
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_view_groups

@@ -37,7 +37,15 @@ from phases.distribute import is_chief, local_model, prepare
 from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import build_embedder, build_projection, features_of
 from phases.scoring import embed_split, embedding_scores
-from phases.unit import EMBEDDER_FILE, PhaseContext, PhaseResult, check_loss, end_epoch, epoch_seed, seed_model_randomness
+from phases.unit import (
+    EMBEDDER_FILE,
+    PhaseContext,
+    PhaseResult,
+    check_loss,
+    end_epoch,
+    epoch_seed,
+    seed_model_randomness,
+)
 from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
 from tfrecords.errors import ManifestError
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest

@@ -11,7 +11,6 @@ import keras
 from phases.checkpoints import save_checkpoint
 from phases.errors import TrainingError
 
-
 EMBEDDER_FILE = "embedder.keras"  # a phase's images -> embeddings model, in its work folder
 
 

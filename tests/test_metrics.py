@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from phases import metrics
+from phases import exact_search
 from phases.metrics import MetricInputError, nearest_neighbours, retrieval_scores, triplet_accuracy
 from phases.scoring import embedding_scores, triplet_sample_rows
 
@@ -288,7 +288,7 @@ def test_the_partition_shortcut_ranks_exactly_as_a_full_partition(monkeypatch):
     queries, _, index, _ = clustered_data(seed=11, n_query=40, n_index=5000, dim=8, duplicates=1000)
     queries[3] = 0  # ties everything: its chunk falls back to partitioning the whole block
     shortcut = nearest_neighbours(queries, index, k=12, chunk_size=8)
-    monkeypatch.setattr(metrics, "PARTITION_GROUP", len(index))  # a single group: no shortcut
+    monkeypatch.setattr(exact_search, "PARTITION_GROUP", len(index))  # a single group: no shortcut
     full_partition = nearest_neighbours(queries, index, k=12, chunk_size=8)
     np.testing.assert_array_equal(shortcut[0], full_partition[0])
     np.testing.assert_array_equal(shortcut[1], full_partition[1])
@@ -428,13 +428,13 @@ def test_retrieval_scores_do_not_depend_on_the_block_size_with_near_ties_and_cop
 
 def test_a_collapsed_model_keeps_its_float32_order_without_recomputing_every_item(monkeypatch):
     recomputed_pairs = []
-    exact_cosines = metrics._exact_cosines
+    exact_cosines = exact_search._exact_cosines
 
     def counted_exact_cosines(queries, query_norms, index, index_scale, rows, positions):
         recomputed_pairs.append(len(rows))
         return exact_cosines(queries, query_norms, index, index_scale, rows, positions)
 
-    monkeypatch.setattr(metrics, "_exact_cosines", counted_exact_cosines)
+    monkeypatch.setattr(exact_search, "_exact_cosines", counted_exact_cosines)
     rng = np.random.default_rng(16)
     queries = rng.standard_normal((6, 64))
     index = 1 + 1e-6 * rng.standard_normal((3000, 64))  # all within the error bound: 3000 candidates a row
@@ -448,7 +448,7 @@ def test_a_collapsed_model_keeps_its_float32_order_without_recomputing_every_ite
 
 
 def test_rows_with_up_to_depth_plus_max_near_ties_candidates_are_recomputed_exactly(monkeypatch):
-    monkeypatch.setattr(metrics, "MAX_NEAR_TIES", 3000)
+    monkeypatch.setattr(exact_search, "MAX_NEAR_TIES", 3000)
     index = np.ones((3000, 64))  # every item tied: 3000 candidates, now within the cap
     positions, similarities = nearest_neighbours(np.ones((2, 64)), index, k=10)
     np.testing.assert_array_equal(positions, np.tile(np.arange(10), (2, 1)))
