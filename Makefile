@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: demo test test-fast bench lock clean
+.PHONY: demo test test-fast bench quality lock clean
 
 $(INSTALLED): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/eager.py
 	$(BIN)/python benchmarks/retrieval.py
 	$(BIN)/python benchmarks/retrieval_scale.py
+
+# The recipe's score journey over 3 seeds, pretrained and from random weights (BENCHMARKS.md,
+# "Retrieval quality"): six demo runs, about 18 minutes on 2 cores.
+quality: $(INSTALLED)
+	$(BIN)/python benchmarks/quality.py --chart docs/images/quality-journey.png
 
 # Re-resolve the dependencies of pyproject.toml in a fresh environment and pin them.
 lock:
