@@ -10,6 +10,7 @@ and a checkpoint whose model does not match its sha256 is ignored.
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +37,17 @@ class Checkpoint:
 
 def save_model(model: keras.Model, path: Path) -> str:
     """Save `model` to `path` (.keras) atomically; returns its sha256."""
+    return save_atomically(path, ".keras", model.save)
+
+
+def save_atomically(path: Path, suffix: str, write: Callable[[Path], None]) -> str:
+    """`write(temporary)` (a temporary name beside `path` ending in `suffix`: Keras insists on
+    its suffixes), synced to disk, then renamed to `path`; returns its sha256. A refused
+    write raises StorageError naming `path` (its previous version is kept)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")  # Keras insists on .keras
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
-        model.save(temporary)
+        write(temporary)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)

