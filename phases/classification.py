@@ -27,6 +27,7 @@ from phases.distribute import (
     needs_static_shapes,
     prepare,
     set_precision,
+    several_workers,
     synchronize_batch_norm,
 )
 from phases.errors import ConfigError
@@ -153,7 +154,8 @@ def run_classification_phase(
         started = time.perf_counter()
         history = model.fit(
             alike_every_iteration(
-                partial(_training_batches, phase, config, context.data_dir, labels_of, epoch, needs_static_shapes(strategy)),
+                partial(_training_batches, phase, config, context.data_dir, labels_of, epoch, needs_static_shapes(strategy),
+                        several_workers(strategy)),
                 strategy,
             ),
             epochs=epoch + 1,
@@ -203,9 +205,11 @@ def finish_phase(name: str, config: PipelineConfig, context: PhaseContext, model
     )
 
 
-def _training_batches(phase, config: PipelineConfig, data_dir: Path, labels_of: str, epoch: int, static_shapes: bool = False):
+def _training_batches(phase, config: PipelineConfig, data_dir: Path, labels_of: str, epoch: int, static_shapes: bool = False,
+                      several_workers: bool = False):
     """This epoch's (images, labels) batches of `data.batch_size` (the global batch: Keras
-    splits it across the replicas). `static_shapes` (TPUs) drops the last, partial batch."""
+    splits it across the replicas). `static_shapes` (TPUs, several workers) drops the last,
+    partial batch; `several_workers` reads deterministically (each worker keeps its share)."""
     options = ReadOptions(
         image_size=config.data.image_size,
         augment=phase.augment,
@@ -214,7 +218,7 @@ def _training_batches(phase, config: PipelineConfig, data_dir: Path, labels_of: 
         batch_size=config.data.batch_size,
         drop_remainder=static_shapes,
         seed=epoch_seed(config.runtime.seed, phase.name, epoch),
-        deterministic=config.runtime.deterministic,
+        deterministic=config.runtime.deterministic or several_workers,
         verify=False,
     )
     return read_images(data_dir, "train", options).map(lambda element: (element["image"], element[labels_of]))

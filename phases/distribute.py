@@ -188,8 +188,16 @@ def chief_task(task_type: str | None, task_id: int | None, cluster: dict) -> boo
 
 
 def needs_static_shapes(strategy: tf.distribute.Strategy) -> bool:
-    """TPUs compile every step with XLA for fixed shapes: training batches must all be full."""
-    return isinstance(strategy, tf.distribute.TPUStrategy)
+    """Whether training batches must all be full: on TPUs (XLA compiles every step for fixed
+    shapes) and across several workers (a worker whose share of a step is empty fails in
+    Keras' step: every worker must train the same number of full batches)."""
+    return isinstance(strategy, tf.distribute.TPUStrategy) or several_workers(strategy)
+
+
+def several_workers(strategy: tf.distribute.Strategy) -> bool:
+    """MultiWorkerMirroredStrategy: each worker reads the same sequence of training batches and
+    trains on its share of each (`alike_every_iteration`), so the reading must be deterministic."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
 def alike_every_iteration(make_dataset, strategy: tf.distribute.Strategy) -> tf.data.Dataset:
@@ -203,9 +211,16 @@ def alike_every_iteration(make_dataset, strategy: tf.distribute.Strategy) -> tf.
     `flat_map`, the pipeline is made anew, with its seeds, on each iteration: every
     iteration is the first, batch for batch what one device trains on.
 
-    Not under several workers or TPU hosts: their input is auto-sharded by file, which a
-    pipeline hidden in a function defeats (the single element would go to one worker).
-    There each worker trains on its files' second iteration, seeded, so still reproducible."""
+    Not under several workers or TPU hosts, whose input is auto-sharded, which a pipeline
+    hidden in a function defeats (the single element would go to one worker); there each
+    worker trains on the second iteration, seeded, so still reproducible. Several workers
+    shard by data: each reads every shard in the same (deterministic, seeded) order and
+    trains on its share of each full batch, so all train the same number of steps (sharded
+    by file, a worker whose files hold fewer images ran out first and got empty batches)."""
+    if several_workers(strategy):
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return make_dataset().with_options(options)
     hosts = getattr(strategy.extended, "num_hosts", 1) if isinstance(strategy, tf.distribute.TPUStrategy) else 1
     if not (isinstance(strategy, tf.distribute.MirroredStrategy) or hosts == 1 and needs_static_shapes(strategy)):
         return make_dataset()

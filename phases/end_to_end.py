@@ -22,7 +22,14 @@ import tensorflow as tf
 from phases.checkpoints import latest_checkpoint, load_model
 from phases.classification import class_labels, finish_phase, initial_classifier, score_split
 from phases.config import EndToEndPhase, PipelineConfig
-from phases.distribute import alike_every_iteration, is_chief, local_model, prepare, synchronize_batch_norm
+from phases.distribute import (
+    alike_every_iteration,
+    is_chief,
+    local_model,
+    prepare,
+    several_workers,
+    synchronize_batch_norm,
+)
 from phases.errors import ConfigError
 from phases.losses import apply_schedule_step, compile_for_schedule
 from phases.model import backbone_of, build_embedder, build_projection, set_trainable
@@ -76,7 +83,9 @@ def run_end_to_end_phase(
         step = apply_schedule_step(model, phase, epoch)
         started = time.perf_counter()
         history = model.fit(
-            alike_every_iteration(partial(_training_batches, phase, config, context.data_dir, epoch), strategy),
+            alike_every_iteration(
+                partial(_training_batches, phase, config, context.data_dir, epoch, several_workers(strategy)), strategy
+            ),
             epochs=epoch + 1,
             initial_epoch=epoch,
             verbose=0,
@@ -108,13 +117,15 @@ def _initial_embedder(phase: EndToEndPhase, config: PipelineConfig, data_dir: Pa
     return model
 
 
-def _training_batches(phase: EndToEndPhase, config: PipelineConfig, data_dir: Path, epoch: int) -> tf.data.Dataset:
+def _training_batches(phase: EndToEndPhase, config: PipelineConfig, data_dir: Path, epoch: int,
+                      several_workers: bool = False) -> tf.data.Dataset:
+    """This epoch's view groups; read deterministically under several workers (each keeps its share)."""
     options = ReadOptions(
         image_size=config.data.image_size,
         shuffle_buffer=config.data.shuffle_buffer,
         batch_size=phase.labels_per_batch * phase.views_per_label,
         seed=epoch_seed(config.runtime.seed, phase.name, epoch),
-        deterministic=config.runtime.deterministic,
+        deterministic=config.runtime.deterministic or several_workers,
         verify=False,
     )
 

@@ -345,7 +345,8 @@ def test_multi_worker_strategy_trains_on_two_processes_and_resumes_from_the_chie
     assert [row["epoch"] for row in mine["rows"]] == [1, 2]
     assert mine["extra"] == {} and theirs["extra"] == {"chief": False} and theirs["sha256"] == ""
     assert files_in(chain["work"]) == {"checkpoints/epoch-0000.json", "checkpoints/epoch-0000.keras",
-                                       "checkpoints/epoch-0001.json", "checkpoints/epoch-0001.keras", "model.keras"}
+                                       "checkpoints/epoch-0001.json", "checkpoints/epoch-0001.keras", "model.keras",
+                                       "embedder.keras"}
     for row, same in zip(mine["rows"], theirs["rows"]):
         assert {k: v for k, v in row.items() if k != "train_seconds"} == {k: v for k, v in same.items() if k != "train_seconds"}
     assert mine["final_scores"] == theirs["final_scores"]

@@ -94,7 +94,7 @@ def weights_of_another_model(path: Path) -> Path:
 
 CONFIG_CASES = [
     pytest.param({"data.colour": "red"},
-                 "data.colour: unknown key; the keys here are source, image_size, batch_size, shuffle_buffer, ingest",
+                 "data.colour: unknown key; the keys here are source, image_size, batch_size, shuffle_buffer, view_shuffle_buffer, ingest",
                  id="unknown key"),
     pytest.param({"data.batch_size": "many"},
                  "data.batch_size: Input should be a valid integer, unable to parse string as an integer",
@@ -104,7 +104,7 @@ CONFIG_CASES = [
     pytest.param({"phases": []}, "phases: List should have at least 1 item after validation, not 0",
                  id="empty phase list"),
     pytest.param({"phases.1.unfreeze_from": "block9a"},
-                 "phases.block7a.unfreeze_from: 'block9a' starts no layer of EfficientNetB0; give one of stem, "
+                 "phases.block7a.unfreeze_from: 'block9a' starts no layer of EfficientNetLite0; give one of stem, "
                  "block1a, block2a, block2b, block3a, block3b, block4a, block4b, block4c, block5a, block5b, block5c, "
                  "block6a, block6b, block6c, block6d, block7a, top (or a layer name inside one, e.g. "
                  "block7a_ and a layer's name)",
@@ -143,8 +143,8 @@ def test_weights_file_that_is_missing_or_does_not_fit_is_refused_before_the_run_
     if weights == "missing":
         assert message == f"{config}: model.weights: {str(path)!r} is neither 'imagenet', 'none' nor an existing weights file"
     else:
-        assert message.startswith(f"{config}: model.weights: {path} does not fit EfficientNetB0 without its top (")
-        assert message.endswith("give a .weights.h5 file saved from EfficientNetB0(include_top=False), or 'imagenet' or 'none'")
+        assert message.startswith(f"{config}: model.weights: {path} does not fit EfficientNetLite0 without its top (")
+        assert message.endswith("give a .weights.h5 file saved from EfficientNetLite0(include_top=False), or 'imagenet' or 'none'")
         assert "\n" not in message and len(message) < 400
     assert snapshot(run_dir) == before
 
