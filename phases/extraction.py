@@ -3,7 +3,8 @@
 The final model embeds the query and index images of the final split (`test`, else
 `val`); the vectors are written as embedding shards, the queries are scored against
 the index, and `submission.csv` lists for each query id its 10 nearest index ids,
-space-separated, nearest first (the eProduct format).
+space-separated, nearest first (the eProduct format; ids with a space are
+percent-encoded there: `phases.submission`).
 
 The pipeline does it in two units: `embed_shard` embeds one image shard of those sets
 into a folder of its own (a task per shard, cached by the shard's and the model's
@@ -22,8 +23,6 @@ which leaves every neighbour and score as they were). A shard's vectors do not d
 the other shards: recomputing one reproduces it (with `runtime.deterministic`).
 """
 
-import csv
-import io
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from phases.checkpoints import load_model
 from phases.config import PipelineConfig
 from phases.metrics import nearest_neighbours
 from phases.scoring import SplitEmbeddings, embed_split, embedding_scores
+from phases.submission import SUBMISSION_NAME, write_submission
 from tfrecords.embeddings import EmbeddingWriter, load_embeddings, merge_embeddings
-from tfrecords.files import write_text_atomic
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, ShardEntry, read_manifest
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_images, read_order
@@ -140,13 +139,9 @@ def in_reader_order(folder: Path, split: str, records: list[int]) -> SplitEmbedd
 def _submission_and_scores(group: str, query: SplitEmbeddings, index: SplitEmbeddings, config: PipelineConfig,
                            embeddings_dir: Path, out_dir: Path) -> ExtractionResult:
     neighbours, _ = nearest_neighbours(query.vectors, index.vectors, k=min(SUBMISSION_TOP, len(index.vectors)))
-    text = io.StringIO()
-    table = csv.writer(text, lineterminator="\n")
-    table.writerow(["query_id", "index_ids"])
-    for query_id, row in zip(query.image_ids, neighbours):
-        table.writerow([query_id.decode(), " ".join(index.image_ids[i].decode() for i in row)])
-    submission = out_dir / "submission.csv"
-    write_text_atomic(submission, text.getvalue())
+    ranked = ((query_id.decode(), [index.image_ids[i].decode() for i in row])
+              for query_id, row in zip(query.image_ids, neighbours))
+    submission = write_submission(out_dir / SUBMISSION_NAME, ranked)
     scores = embedding_scores(
         query.vectors, query.product_ids, index.vectors, index.product_ids, config.evaluation.triplet_sample
     )

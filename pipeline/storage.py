@@ -33,7 +33,7 @@ from tfrecords.files import link_into_place, sha256_file, temporary_name
 from tfrecords.manifest import MANIFEST_NAME
 
 SCHEME = "gs://"
-NEVER_PUSHED = {"run.lock"}  # the local lock of the mirror means nothing elsewhere
+NEVER_PUSHED = {"run.lock", "ingest.lock"}  # local locks of the mirror mean nothing elsewhere
 _CHUNK = 1 << 20
 
 

@@ -98,6 +98,25 @@ def test_shards_embedded_one_by_one_and_merged_equal_the_whole_split_extraction(
     assert os.path.samefile(merged.embeddings_dir / "test_index-00002.tfrecord", parts[3] / "test_index-00000.tfrecord")
 
 
+@pytest.mark.slow
+def test_image_ids_with_spaces_commas_and_non_ascii_come_back_from_an_extraction_submission(embedder, tmp_path):
+    from phases.extraction import extract
+    from phases.submission import read_submission
+    from reliability.test_ingest_inputs import AWKWARD_NAMES, awkward_source
+    from tfrecords.ingest import ingest
+    from tfrecords.options import IngestOptions
+
+    data = tmp_path / "data"
+    ingest(awkward_source(tmp_path / "src"), data, IngestOptions(workers=1), progress=False)
+    path, sha256 = embedder
+    result = extract(path, sha256, PipelineConfig.model_validate(tiny_config(data)), data, tmp_path / "out")
+    ranked = read_submission(result.submission_path)
+    ids = {f"p1/{name}" for name in AWKWARD_NAMES}
+    assert len(ranked) == 3 and set(ranked) <= ids
+    for neighbours in ranked.values():  # the whole index (6 < 10 images), each image once
+        assert sorted(neighbours) == sorted(ids - set(ranked))
+
+
 def shard_states(output: str) -> dict[str, str]:
     """{image shard: final state} of the flow's embed_shard task runs, from its log."""
     return dict(re.findall(r"Task run 'embed ([^']+)' - Finished in state (\w+)", output))

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import states
 
+from phases.submission import read_submission
 from phases.metrics import SCORE_NAMES
 from tfrecords.embeddings import load_embeddings
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
@@ -78,15 +79,14 @@ def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_ph
     summary = json.loads((run_dir / "run.json").read_text())
     embeddings_dir = summary["embeddings"]
     manifest = read_manifest(ingested, ImageManifest)
-    submission = read_csv(run_dir / "submission.csv")
+    submission = read_submission(run_dir / "submission.csv")
     embeddings = read_manifest(embeddings_dir, EmbeddingManifest)
     assert len(submission) == manifest.counts["test_query"]
     assert embeddings.count == manifest.counts["test_query"] + manifest.counts["test_index"] and embeddings.dim == 16
     index_ids = {i.decode() for i in load_embeddings(embeddings_dir, "test_index").image_ids}
     query_ids = {i.decode() for i in load_embeddings(embeddings_dir, "test_query").image_ids}
-    assert {row["query_id"] for row in submission} == query_ids
-    for row in submission:
-        neighbours = row["index_ids"].split(" ")
+    assert set(submission) == query_ids
+    for neighbours in submission.values():
         assert len(neighbours) == min(10, len(index_ids)) and set(neighbours) <= index_ids
 
     # A new run of the same config: every step is Cached, nothing is trained again.

@@ -7,6 +7,7 @@ A file is trusted only after its sha256 matches the one recorded for it.
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import shutil
@@ -48,10 +49,37 @@ def raise_if_disk_error(path: str | os.PathLike, error: BaseException) -> None:
 
 
 def temporary_name(path: Path) -> Path:
-    """A unique sibling name for `path`, hidden and marked as temporary."""
+    """A unique sibling name for `path`, hidden and marked as temporary, created empty with
+    the mode a plain `open` gives (0666 less the umask): mkstemp's 0600 would follow the
+    file through its rename and keep a team's other accounts from reading it."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     return Path(name)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it: from /proc/self/status (Linux 4.7+;
+    ~0.1 ms, little beside the fsync of an atomic write). Elsewhere, the umask found by
+    setting and restoring it once, at the first call (process-wide, so racy with threads
+    creating files at that instant; a later change of the umask is not seen there)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return _umask_by_setting()
+
+
+@functools.cache
+def _umask_by_setting() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

@@ -1,10 +1,11 @@
 """`pvs ingest`: images to sharded TFRecords plus `manifest.json`, resumable.
 
-Order of work: list the source, assign splits, plan shards (deterministic, so a
-rerun plans the same shards), keep every shard already finished by an earlier
-run (file present, sidecar present, same plan, same sha256), write the rest in
-parallel, then write the manifest. An interrupted run leaves only whole shards
-and `.tmp` files, which the next run sweeps.
+Order of work: list the source, assign splits, refuse a file copied into two
+splits, plan shards (deterministic, so a rerun plans the same shards); then, holding
+the folder's lock, keep every shard already finished by an earlier run (file
+present, sidecar present, same plan, same sha256), write the rest in parallel, then
+write the manifest. An interrupted run leaves only whole shards and `.tmp` files,
+which the next run sweeps.
 """
 
 import json
@@ -17,8 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tfrecords.copies import check_no_copies_across_splits
 from tfrecords.errors import SourceError
 from tfrecords.files import remove_stale_temporaries, sha256_file
+from tfrecords.locks import FolderInUseError, hold_lock
 from tfrecords.manifest import MANIFEST_NAME, ImageManifest, ShardEntry, SkippedImage, read_manifest, write_manifest
 from tfrecords.options import IngestOptions
 from tfrecords.shard_writer import (
@@ -29,12 +32,14 @@ from tfrecords.shard_writer import (
     sidecar_path,
     write_shard,
 )
-from tfrecords.sources import SourceImage, scan_source
+from tfrecords.sources import SourceImage, check_outside_source, scan_source
 from tfrecords.splits import EVAL_GROUPS, SPLITS, SplitPlan, assign_splits
 
 # Upper bound of a record's bytes besides the image and its id: TFRecord framing (16)
 # plus the Example's feature keys, tags, lengths and int values (~150).
 RECORD_OVERHEAD = 192
+# Held while an ingestion writes the folder; names the holder (`pid N on HOST, since T`).
+LOCK_NAME = "ingest.lock"
 SHARD_NAME = re.compile(r"^(?P<split>[a-z_]+)-\d{5}-of-\d{5}\.tfrecord$")
 
 
@@ -43,17 +48,44 @@ def ingest(
 ) -> ImageManifest:
     """Ingest `source` (CSV or image folder) into `out_dir`; returns the manifest.
     `source_name` is what the manifest records as the source (default: `source`), e.g.
-    the gs:// URL of a source staged on local disk."""
+    the gs:// URL of a source staged on local disk.
+
+    Everything that can refuse the source runs before anything is written; the writing
+    holds `out_dir/ingest.lock`, so a second ingestion into the folder stops at once."""
     out = Path(out_dir)
-    if out.resolve() == Path(source).resolve():
-        raise SourceError(f"{out}: the output folder must not be the source folder")
     if out.exists() and not out.is_dir():
         raise SourceError(f"{out}: exists and is not a folder; give a folder for the shards (new or ingested before)")
+    check_outside_source(source, out)
     images, split_plan = split_source(source, options)
+    check_no_copies_across_splits(images, split_plan.splits, options.workers, source)
     products = {name: i for i, name in enumerate(sorted({image.product for image in images}))}
     categories = {name: i for i, name in enumerate(sorted({image.category for image in images if image.category}))}
     shards = plan_shards(images, split_plan.splits, products, categories, options)
 
+    with hold_lock(out / LOCK_NAME, lambda holder: FolderInUseError(
+        f"{out}: another ingestion is using this folder ({holder}); wait for it to end, "
+        "or give this ingestion another output folder"
+    )):
+        outcomes = _write_shards(out, shards, options, progress)
+        manifest = ImageManifest(
+            source=source_name or str(source),
+            options=options.model_dump(exclude={"workers"}),
+            counts={split: sum(o.records for o in outcomes if o.split == split) for split in SPLITS},
+            products=products,
+            categories=categories,
+            distractor_products=split_plan.distractor_products,
+            eval_only_categories=_eval_only_categories(images, split_plan.splits),
+            shards=[ShardEntry(file=o.file, split=o.split, records=o.records, bytes=o.bytes, sha256=o.sha256)
+                    for o in outcomes],
+            skipped=[SkippedImage(image_id=i, reason=r) for o in outcomes for i, r in o.skipped],
+        )
+        write_manifest(out, manifest)
+    return manifest
+
+
+def _write_shards(out: Path, shards: list[PlannedShard], options: IngestOptions, progress: bool) -> list[ShardOutcome]:
+    """Each planned shard's outcome, in plan order: kept from an earlier run when it can be
+    trusted, written otherwise; stray files of killed or differently planned runs removed."""
     (out / PARTS_FOLDER).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     remove_stale_temporaries(out / PARTS_FOLDER)
@@ -61,7 +93,7 @@ def ingest(
     todo = [shard for shard in shards if shard.file not in finished]
     images_in = {shard.file: len(shard.images) for shard in shards}
     with tqdm(
-        total=len(images),
+        total=sum(images_in.values()),
         initial=sum(images_in[name] for name in finished),
         unit="img",
         desc=f"ingest {out.name}",
@@ -72,21 +104,7 @@ def ingest(
             finished[outcome.file] = outcome
             bar.update(images_in[outcome.file])
     _remove_unplanned_shards(out, {shard.file for shard in shards})
-
-    outcomes = [finished[shard.file] for shard in shards]
-    manifest = ImageManifest(
-        source=source_name or str(source),
-        options=options.model_dump(exclude={"workers"}),
-        counts={split: sum(o.records for o in outcomes if o.split == split) for split in SPLITS},
-        products=products,
-        categories=categories,
-        distractor_products=split_plan.distractor_products,
-        eval_only_categories=_eval_only_categories(images, split_plan.splits),
-        shards=[ShardEntry(file=o.file, split=o.split, records=o.records, bytes=o.bytes, sha256=o.sha256) for o in outcomes],
-        skipped=[SkippedImage(image_id=i, reason=r) for o in outcomes for i, r in o.skipped],
-    )
-    write_manifest(out, manifest)
-    return manifest
+    return [finished[shard.file] for shard in shards]
 
 
 def split_source(source: str | Path, options: IngestOptions) -> tuple[list[SourceImage], SplitPlan]:

@@ -51,6 +51,24 @@ def scan_source(source: str | Path) -> list[SourceImage]:
     return sorted(images, key=lambda image: image.image_id)
 
 
+def check_outside_source(source: str | Path, folder: str | Path, role: str = "output folder") -> None:
+    """Raise SourceError when `folder` (where something will be written; `role` names it in
+    the message) is the image folder `source` or inside it: a later scan of the source
+    would list what is written there as images (shards at SRC/data/... as product `data`).
+    Both paths are resolved first (symlinks, `..`). A CSV source names its images itself,
+    so a folder beside or below it is fine."""
+    source_path, folder_path = Path(source).resolve(), Path(folder).resolve()
+    if not source_path.is_dir():
+        return
+    if folder_path == source_path:
+        raise SourceError(f"{folder}: the {role} is the source folder itself; give a folder outside {source}")
+    if source_path in folder_path.parents:
+        raise SourceError(
+            f"{folder}: the {role} is inside the source folder {source}, so a later ingestion of {source} "
+            f"would take the files written there for images; give a folder outside {source}"
+        )
+
+
 def _scan_csv(csv_path: Path) -> list[SourceImage]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
@@ -72,14 +90,29 @@ def _scan_csv(csv_path: Path) -> list[SourceImage]:
     images, seen = [], {}
     for row_number, row in rows:
         image = _csv_row_image(csv_path, row_number, row)
-        if image.image_id in seen:
+        file = _file_identity(image.path)
+        if file in seen:
+            first = seen[file]
+            spelled = "" if image.image_id == first.image_id else f" as {image.image_id!r} (the same file)"
             raise SourceError(
-                f"{csv_path}: row {row_number} repeats the image {image.image_id!r} of row "
-                f"{seen[image.image_id]}; each image may be listed once: delete one of the two rows"
+                f"{csv_path}: row {row_number} repeats the image {first.image_id!r} of row {first.row}{spelled}; "
+                "each image may be listed once: delete one of the two rows"
             )
-        seen[image.image_id] = row_number
+        seen[file] = image
         images.append(image)
     return images
+
+
+def _file_identity(path: Path) -> tuple:
+    """What tells two rows name one file however they spell it (relative and absolute,
+    `sub/../a.jpg`, a symlink, a hard link): its device and inode, one stat (~3 us; a
+    realpath costs ~40 us, an lstat per path component). For a missing file, which the
+    writer lists as skipped, its absolute, normalised path."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return ("missing", os.path.normpath(os.path.abspath(path)))
+    return (status.st_dev, status.st_ino)
 
 
 def _csv_row_image(csv_path: Path, row_number: int, row: dict) -> SourceImage:

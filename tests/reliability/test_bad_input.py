@@ -300,8 +300,9 @@ def test_output_folder_that_is_a_file_is_refused(capsys, tmp_path):
 
 
 def test_eval_split_of_single_image_products_is_ingested_with_a_warning(capsys, tmp_path):
-    for product in range(6):
-        write_image(tmp_path / "src" / f"p{product}" / "only.jpg", image_bytes(size=(40, 32)))
+    for product in range(6):  # images that differ: a copy in two splits is refused
+        only = image_bytes(size=(40, 32), colour=(200, 10 * product, 60))
+        write_image(tmp_path / "src" / f"p{product}" / "only.jpg", only)
     printed = accepted(capsys, "ingest", tmp_path / "src", tmp_path / "out", "--val-fraction", "0.5",
                        "--test-fraction", "0", *QUIET)
     manifest = read_manifest(tmp_path / "out", ImageManifest)
@@ -312,8 +313,8 @@ def test_eval_split_of_single_image_products_is_ingested_with_a_warning(capsys, 
 
 
 def test_category_only_in_eval_is_allowed_and_listed(capsys, tmp_path):
-    for name in ("s1.jpg", "s2.jpg", "s3.jpg", "b1.jpg", "b2.jpg"):
-        write_image(tmp_path / "src" / name, image_bytes(size=(40, 32)))
+    for number, name in enumerate(("s1.jpg", "s2.jpg", "s3.jpg", "b1.jpg", "b2.jpg")):
+        write_image(tmp_path / "src" / name, image_bytes(size=(40, 32), colour=(200, 10 * number, 60)))
     csv_path = write_csv(tmp_path / "src" / "list.csv", rows(
         ("s1.jpg", "shoe1", "shoes", "train"), ("s2.jpg", "shoe1", "shoes", "train"),
         ("s3.jpg", "shoe2", "shoes", "train"), ("b1.jpg", "bag1", "bags", "val"), ("b2.jpg", "bag1", "bags", "val"),
@@ -364,7 +365,8 @@ def test_folder_that_is_not_a_run_or_data_folder_is_one_error_saying_what_it_sho
 def test_search_on_a_run_without_embeddings_is_one_error_saying_how_to_finish_it_and_writes_nothing(
     capsys, tmp_path, run_dir, state
 ):
-    (run_dir / "run-config.yaml").write_text(yaml.safe_dump({"config_file": "configs/demo.yaml", "config": {}}))
+    record = {"config_file": "configs/demo.yaml", "overrides": {}, "config": {}}
+    (run_dir / "run-config.yaml").write_text(yaml.safe_dump(record))
     if state == "killed before its extraction":
         (run_dir / "run.json").unlink()
         problem = "the run has not finished its extraction (run.json, written at its end, is missing or incomplete)"
