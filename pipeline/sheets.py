@@ -63,7 +63,7 @@ def _draw_cell(sheet: Image.Image, draw: ImageDraw.ImageDraw, font, cell: Cell, 
     draw.rectangle([left + OUTLINE, top + OUTLINE, left + OUTLINE + THUMBNAIL - 1, top + OUTLINE + THUMBNAIL - 1],
                    fill=THUMBNAIL_FILL)
     with Image.open(io.BytesIO(cell.image)) as image:
-        thumbnail = ImageOps.contain(image.convert("RGB"), (THUMBNAIL, THUMBNAIL))
+        thumbnail = ImageOps.contain(ImageOps.exif_transpose(image).convert("RGB"), (THUMBNAIL, THUMBNAIL))
     sheet.paste(thumbnail, (left + OUTLINE + (THUMBNAIL - thumbnail.width) // 2,
                             top + OUTLINE + (THUMBNAIL - thumbnail.height) // 2))
     for number, line in enumerate(cell.caption):

@@ -8,24 +8,25 @@ from conftest import image_bytes, write_image
 from tfrecords.errors import UserError
 from tfrecords.ingest import ingest
 from tfrecords.options import IngestOptions, ReadOptions
-from tfrecords.preprocess import VIEW_NAMES, pad_to_square
+from tfrecords.preprocess import VIEW_NAMES, border_mean, pad_rows
 from tfrecords.reader import read_images
 
 
-def test_pad_to_square_centres_the_image_on_its_border_mean():
+def test_padding_centres_the_image_on_its_border_mean():
     image = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3) * 5  # 2 rows, 4 columns
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
     fill = border.mean(axis=0)
-    padded = pad_to_square(tf.constant(image)).numpy()
-    assert padded.shape == (4, 4, 3)
-    np.testing.assert_allclose(padded[1:3], image, atol=1e-4)  # (4 - 2) // 2 = 1 row above
-    for row in (0, 3):
+    np.testing.assert_allclose(border_mean(tf.constant(image)).numpy(), fill, atol=1e-4)
+    padded = pad_rows(tf.constant(image), tf.constant(fill), 5).numpy()
+    assert padded.shape == (5, 4, 3)
+    np.testing.assert_allclose(padded[1:3], image, atol=1e-4)  # (5 - 2) // 2 = 1 row above, 2 below
+    for row in (0, 3, 4):
         np.testing.assert_allclose(padded[row], np.broadcast_to(fill, (4, 3)), atol=1e-4)
 
 
-def test_pad_to_square_leaves_a_square_image_unchanged():
-    image = np.random.default_rng(0).integers(0, 255, (5, 5, 3), dtype=np.uint8)
-    np.testing.assert_allclose(pad_to_square(tf.constant(image)).numpy(), image, atol=1e-4)
+def test_padding_to_the_images_own_height_leaves_it_unchanged():
+    image = tf.constant(np.random.default_rng(0).integers(0, 255, (5, 5, 3), dtype=np.uint8))
+    np.testing.assert_allclose(pad_rows(image, border_mean(image), 5).numpy(), image.numpy(), atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,7 @@ def test_all_views_are_shuffled_after_expansion_so_a_batch_mixes_many_images(ing
 
 def test_batches_have_the_configured_shape(ingested):
     options = ReadOptions(image_size=24, batch_size=8, drop_remainder=True)
+    assert read_images(ingested, "train", options).element_spec["image"].shape == (8, 24, 24, 3)  # known to Keras
     batches = list(read_images(ingested, "train", options).as_numpy_iterator())
     assert batches and all(b["image"].shape == (8, 24, 24, 3) for b in batches)
     assert all(b["product_id"].shape == (8,) and b["image_id"].shape == (8,) for b in batches)

@@ -3,7 +3,7 @@
 list shards (from the manifest, sha256 checked; or the URLs of a folder whose
 shards stay in Cloud Storage: `shard_location`) -> [shuffle shard order] ->
 parallel interleave -> [shuffle records, still encoded: cheap to buffer] ->
-parallel parse, decode, pad-to-square, resize -> [augment; with `all` and a
+parallel parse, decode, orient, pad-to-square, resize -> [augment; with `all` and a
 view_shuffle_buffer, shuffle the views] -> [batch] -> prefetch.
 
 Each element is a dict: `image` float32 [size, size, 3] in [0, 255], `product_id`
@@ -27,6 +27,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 RECORD_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/format": tf.io.FixedLenFeature([], tf.string),
+    # The EXIF orientation (1-8); shards written before it was stored read as 1, as stored.
+    "image/orientation": tf.io.FixedLenFeature([], tf.int64, default_value=1),
     "image/id": tf.io.FixedLenFeature([], tf.string),
     "product/id": tf.io.FixedLenFeature([], tf.int64),
     "category/id": tf.io.FixedLenFeature([], tf.int64),
@@ -116,7 +118,7 @@ def read_images(
     def load(serialized):
         raw = parse_record(serialized)
         return {
-            "image": prepare(raw["image/encoded"], size),
+            "image": prepare(raw["image/encoded"], size, raw["image/orientation"]),
             "product_id": raw["product/id"],
             "category_id": raw["category/id"],
             "image_id": raw["image/id"],

@@ -13,10 +13,13 @@ from pathlib import Path
 
 from tfrecords.errors import ImageError
 from tfrecords.files import atomic_writer, write_text_atomic
-from tfrecords.images import image_format, unusable_reason
+from tfrecords.images import ImageCheck, check_image, image_format
 from tfrecords.record_format import encode_example, write_record
 
 PARTS_FOLDER = ".parts"
+# Raised with each change to what a record holds, so that ingesting again rewrites the
+# shards of an older format instead of keeping them. 2: `image/orientation` added.
+RECORD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ class PlannedShard:
     images: tuple[PlannedImage, ...]
 
     def digest(self) -> str:
-        """Changes when the shard's planned content (or a source file) changes."""
-        text = json.dumps([self.file, self.split, [asdict(image) for image in self.images]])
+        """Changes when the shard's planned content (or a source file, or RECORD_VERSION) changes."""
+        text = json.dumps([RECORD_VERSION, self.file, self.split, [asdict(image) for image in self.images]])
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -73,16 +76,17 @@ def write_shard(shard: PlannedShard, out_dir: str, strict: bool, max_pixels: int
     with atomic_writer(out / shard.file) as handle:
         writer = _HashingWriter(handle)
         for image in shard.images:
-            data, reason = _read(image, max_pixels)
-            if reason is not None:
+            data, check = _read(image, max_pixels)
+            if check.reason is not None:
                 if strict:
-                    raise ImageError(f"{image.path}: {reason} (run without --strict to skip it)")
-                outcome.skipped.append((image.image_id, reason))
+                    raise ImageError(f"{image.path}: {check.reason} (run without --strict to skip it)")
+                outcome.skipped.append((image.image_id, check.reason))
                 continue
             record = encode_example(
                 {
                     "image/encoded": data,
                     "image/format": image_format(data),
+                    "image/orientation": check.orientation,
                     "image/id": image.image_id,
                     "product/id": image.product_id,
                     "category/id": image.category_id,
@@ -96,11 +100,11 @@ def write_shard(shard: PlannedShard, out_dir: str, strict: bool, max_pixels: int
     return outcome
 
 
-def _read(image: PlannedImage, max_pixels: int) -> tuple[bytes, str | None]:
+def _read(image: PlannedImage, max_pixels: int) -> tuple[bytes, ImageCheck]:
     try:
         data = Path(image.path).read_bytes()
     except FileNotFoundError:
-        return b"", "missing file"
+        return b"", ImageCheck("missing file")
     except OSError as error:
-        return b"", f"unreadable: {error.strerror or error}"
-    return data, unusable_reason(data, max_pixels)
+        return b"", ImageCheck(f"unreadable: {error.strerror or error}")
+    return data, check_image(data, max_pixels)
