@@ -8,7 +8,7 @@ an error naming the field rather than a silently ignored setting. YAML loading a
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from phases.architectures import ARCHITECTURES, LAYER_GROUPS, starts_a_layer
 from tfrecords.options import IngestOptions
@@ -34,6 +34,14 @@ class DataConfig(Section):
     # image_size^2 x 3 x 4 bytes: 1,280 at 224 px hold 770 MB. 0: views stay in order.
     view_shuffle_buffer: int = Field(1024, ge=0)
     ingest: IngestOptions = IngestOptions()
+
+    @field_validator("source")
+    @classmethod
+    def _source_given(cls, source: str) -> str:
+        # An empty path is the working folder: ingestion would scan everything under it.
+        if not source.strip():
+            raise ValueError("is empty; give a CSV file, an image folder or a folder written by `pvs ingest`")
+        return source
 
 
 class ModelConfig(Section):

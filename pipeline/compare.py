@@ -20,7 +20,7 @@ import h5py
 
 from pipeline.charts import write_comparison_chart
 from pipeline.reports import METRIC, markdown_table, phase_order, png_markdown, read_scores, run_names
-from pipeline.run_root import recorded_config, recorded_path
+from pipeline.run_root import recorded_config, recorded_path, run_command
 from tfrecords.errors import ShardIntegrityError, UserError
 from tfrecords.files import sha256_file
 from tfrecords.manifest import MANIFEST_NAME, EmbeddingManifest, read_manifest
@@ -80,8 +80,8 @@ def read_run(run_dir: Path, name: str) -> RunComparison:
     model, embeddings = (recorded_path(summary[key], summary, run_dir) for key in ("final_model", "embeddings"))
     for path, what in ((model, "final model"), (embeddings / MANIFEST_NAME, "embeddings' manifest")):
         if not path.is_file():
-            raise CompareError(f"{run_dir}: its {what} {path} is missing; run `pvs run --config "
-                               f"{run.config_file or 'CONFIG'} --run-dir {run_dir}` again to rebuild it")
+            raise CompareError(f"{run_dir}: its {what} {path} is missing; run {run_command(run_dir)} again to "
+                               "rebuild it")
     run.finished, run.parameters = True, count_parameters(model, summary["final_model_sha256"])
     run.model_bytes = model.stat().st_size
     run.embedding_dim = read_manifest(embeddings, EmbeddingManifest).dim

@@ -12,9 +12,11 @@ appended); any other list replaces the parent's. So a variant says only what it 
 Overrides use dotted keys; a phase is addressed by its name and a list item by
 its position: `phases.full.epochs=3`, `phases.siamese.margin_schedule.0.margin=0.4`,
 `data.source=gs://bucket/products.csv`. Values are parsed as YAML scalars
-(`3` is an int, `1e-4` a float, `true` a bool). Files are read with a safe loader.
+(`3` is an int, `1e-4` a float, `true` a bool). Files are read with a safe loader, which
+also refuses a key written twice in one mapping (YAML would keep the last one silently).
 """
 
+import shlex
 from pathlib import Path
 from typing import Any, get_args
 
@@ -36,6 +38,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {pair!r}: write KEY=VALUE, e.g. phases.full.epochs=3")
         overrides[key.strip()] = yaml.safe_load(value) if value.strip() else ""
     return overrides
+
+
+def override_arguments(overrides: dict[str, Any]) -> str:
+    """The `--set` options that `parse_overrides` reads back as `overrides`, quoted for a
+    shell: {'phases.full.epochs': 3, 'data.source': 'my images'} ->
+    `--set phases.full.epochs=3 --set 'data.source=my images'`."""
+    def text(value: Any) -> str:  # YAML as parse_overrides reads it: '3' quoted stays a string
+        if value == "":
+            return ""
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
+
+    return " ".join(f"--set {shlex.quote(f'{key}={text(value)}')}" for key, value in overrides.items())
 
 
 def library() -> Path:
@@ -72,9 +86,56 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     return config
 
 
+class RepeatedKeyError(yaml.MarkedYAMLError):
+    """A key written twice in one mapping of a YAML file."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key written twice in one mapping: YAML's own loaders keep
+    the last one silently, so a second `data:` block would hide the first one's `source`."""
+
+    def construct_document(self, node):
+        _refuse_repeated_keys(node, (), set())
+        return super().construct_document(node)
+
+
+def _refuse_repeated_keys(node: yaml.Node, where: tuple[str, ...], seen: set[int]) -> None:
+    """Raise RepeatedKeyError at the second of two equal keys of a mapping under `node`;
+    `where` is the node's dotted path (phases by name), `seen` the nodes already walked
+    (an alias repeats a node, and may contain itself)."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for position, item in enumerate(node.value):
+            _refuse_repeated_keys(item, (*where, _item_name(item, position)), seen)
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            name, line = str(key.value), key.start_mark.line + 1
+            if (key.tag, name) in lines:
+                first = lines[key.tag, name]
+                on = f"on lines {first} and {line}" if first != line else f"on line {line}"
+                raise RepeatedKeyError(problem=(
+                    f"{'.'.join((*where, name))} is given twice, {on}, and only the second would count: delete one, "
+                    "or merge the two"
+                ), problem_mark=key.start_mark)
+            lines[key.tag, name] = line
+            _refuse_repeated_keys(value, (*where, name), seen)
+
+
+def _item_name(item: yaml.Node, position: int) -> str:
+    """A list item's part of a dotted path: its `name` (phases), else its position."""
+    if isinstance(item, yaml.MappingNode):
+        for key, value in item.value:
+            if key.value == "name" and isinstance(value, yaml.ScalarNode):
+                return str(value.value)
+    return str(position)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: {_yaml_problem(error)}") from None
     except UnicodeDecodeError as error:

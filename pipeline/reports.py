@@ -7,6 +7,7 @@ import csv
 import re
 from pathlib import Path
 
+from pipeline.run_root import run_command
 from pipeline.storage import is_remote
 from tfrecords.errors import UserError
 
@@ -15,14 +16,46 @@ LEADERBOARD_COLUMNS = ("phase", "epochs", "best_epoch", f"best_{METRIC}", f"fina
 
 
 def read_scores(run_dir: Path) -> list[dict]:
-    """The rows of RUN_DIR/scores.csv, numbers as numbers."""
+    """The rows of RUN_DIR/scores.csv, numbers as numbers. A damaged file (cut short,
+    edited, not UTF-8) is a UserError naming the line and the command that rewrites it."""
     path = Path(run_dir) / "scores.csv"
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: no such folder; give a run folder written by `pvs run` (e.g. runs/demo)")
     if not path.is_file():
         raise UserError(f"{path}: no such file; is {run_dir} a run folder (written by `pvs run`)?")
-    with open(path, newline="") as handle:
-        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: as a spreadsheet may save it
+            header, *lines = list(csv.reader(handle)) or [[]]
+        lines = [(number, line) for number, line in enumerate(lines, start=2) if line]  # blank lines are no rows
+    except UnicodeDecodeError as error:
+        problem = f"not UTF-8 text (byte {error.start})"
+    except csv.Error as error:
+        problem = f"not CSV ({error})"
+    else:
+        problem = _scores_problem(header, lines)
+    if problem:
+        raise UserError(f"{path}: {problem}, so the file is damaged (cut short or edited); "
+                        f"{run_command(run_dir)} rewrites it from the run's records, keeping every finished step")
+    return [{key: _number(value) for key, value in zip(header, line)} for _, line in lines]
+
+
+def _scores_problem(header: list[str], lines: list[tuple[int, list[str]]]) -> str | None:
+    """What makes scores.csv's (line number, fields) unusable, naming the first bad line;
+    None when nothing does."""
+    if not header:
+        return "it is empty"
+    missing = [column for column in ("phase", "epoch", METRIC) if column not in header]
+    if missing:
+        return f"line 1 lacks the column(s) {', '.join(missing)}"
+    if not lines:
+        return "it holds no scores"
+    for number, line in lines:
+        if len(line) != len(header):
+            return f"line {number} has {len(line)} fields, the header {len(header)}"
+        value = line[header.index(METRIC)]
+        if not isinstance(_number(value), (int, float)):
+            return f"line {number}: {METRIC} {value!r} is not a number"
+    return None
 
 
 def run_names(run_dirs: list[Path | str]) -> list[str]:

@@ -5,7 +5,7 @@
 The index searched is what the run's extraction embedded: the index images of its final
 split (`test`, else `val`; `RUN_DIR/run.json` names it), not its queries and not train.
 Images given by the user go through the evaluation's preprocessing (`tfrecords.preprocess.
-prepare`: decode, pad to square, resize) and the final model, loaded in Keras safe mode
+prepare`: decode, turn upright by its EXIF orientation, pad to square, resize) and the final model, loaded in Keras safe mode
 after its sha256 is checked against run.json; similarity is the cosine, as in scoring.
 A query's true product is known when its path ends with the image id of an image of the
 final split (e.g. a file of the run's own image folder): its matches are then marked.
@@ -19,11 +19,11 @@ import numpy as np
 
 from phases.metrics import nearest_neighbours
 from pipeline.reports import png_markdown
-from pipeline.run_root import CONFIG_NAME, recorded_config, recorded_path
+from pipeline.run_root import CONFIG_NAME, recorded_config, recorded_path, run_command
 from pipeline.sheets import Cell, write_sheet
 from tfrecords.embeddings import EmbeddingArrays, load_embeddings
 from tfrecords.errors import ImageError, UserError
-from tfrecords.images import image_format, unusable_reason
+from tfrecords.images import check_image, image_format, orientation
 from tfrecords.manifest import MANIFEST_NAME, EmbeddingManifest, ImageManifest, read_manifest, shard_problem
 from tfrecords.options import IngestOptions
 
@@ -110,7 +110,7 @@ def open_run(run_dir: Path) -> FinishedRun:
             f"{run_dir}: not a run folder (no run.json or {CONFIG_NAME}); give a folder written by `pvs run`"
         )
     settings = recorded_config(run_dir)
-    finish = f"finish the run with `pvs run --config {settings.get('config_file', 'CONFIG')} --run-dir {run_dir}`"
+    finish = f"finish the run with {run_command(run_dir)}"
     try:
         summary = json.loads((run_dir / "run.json").read_text())
         model_path, embeddings_dir = (recorded_path(summary[key], summary, run_dir) for key in ("final_model", "embeddings"))
@@ -174,7 +174,7 @@ def read_queries(paths: list[Path], index: SearchIndex) -> list[Query]:
     """Queries of image files, each checked to decode (ImageError naming the first that does not)."""
     queries = []
     for path in paths:
-        reason = unusable_reason(path.read_bytes(), MAX_IMAGE_PIXELS)
+        reason = check_image(path.read_bytes(), MAX_IMAGE_PIXELS).reason
         if reason:
             raise ImageError(f"{path}: {reason}; give JPEG or PNG images")
         queries.append(Query(str(path), path, _known_product(path, index.products_by_image)))
@@ -193,22 +193,34 @@ def _known_product(path: Path, products_by_image: dict[str, int]) -> int | None:
 
 def embed(run: FinishedRun, queries: list[Query]) -> np.ndarray:
     """Embeddings [n, dim] of the queries by the run's final model (sha256 checked, safe mode)."""
-    import tensorflow as tf
-
     from phases.checkpoints import load_model
-    from tfrecords.preprocess import prepare
 
     model = load_model(run.model_path, run.model_sha256, compile=False)
-    size = model.input_shape[1]
-    encoded = tf.data.Dataset.from_generator(lambda: (query.encoded() for query in queries),
-                                             output_signature=tf.TensorSpec([], tf.string))
     vectors = []
-    for batch in encoded.map(lambda data: prepare(data, size)).batch(run.batch_size):
+    for batch in query_images(queries, model.input_shape[1]).batch(run.batch_size):
         # Called eagerly, not through predict: tracing EfficientNet costs more seconds than a
         # search of a few images takes, and the model's output is the same.
         output = model(batch, training=False)
         vectors.append(np.asarray(output[0] if isinstance(output, (list, tuple)) else output, dtype=np.float32))
     return np.concatenate(vectors)
+
+
+def query_images(queries: list[Query], size: int):
+    """The queries as the model sees them, in order: a tf.data.Dataset of float32 [size, size, 3]
+    in [0, 255], prepared as the reader prepares index images (`tfrecords.preprocess.prepare`,
+    upright by the EXIF orientation read from each file's bytes)."""
+    import tensorflow as tf
+
+    from tfrecords.preprocess import prepare
+
+    def encoded():
+        for query in queries:
+            data = query.encoded()
+            yield data, orientation(data)
+
+    signature = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64))
+    return tf.data.Dataset.from_generator(encoded, output_signature=signature).map(
+        lambda data, exif_orientation: prepare(data, size, exif_orientation))
 
 
 def search(index: SearchIndex, vectors: np.ndarray, top: int) -> list[list[Match]]:

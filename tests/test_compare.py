@@ -47,7 +47,7 @@ def write_run(folder, journey, model=None, architecture="EfficientNetB0"):
         row = {"phase": phase, "epoch": epoch, "loss": "" if phase == "baseline" else 1.0, "mar_at_10": mar}
         row |= {"test_mar_at_10": test} if test is not None else {}
         table.add(row | ({"train_seconds": seconds} if seconds is not None else {}))
-    record = {"config_file": f"configs/{folder.name}.yaml",
+    record = {"config_file": f"configs/{folder.name}.yaml", "overrides": {},
               "config": {"description": f"the {folder.name} recipe", "model": {"architecture": architecture}}}
     (folder / "run-config.yaml").write_text(f"# The config of the last run in this folder.\n{yaml.safe_dump(record)}")
     if model is None:

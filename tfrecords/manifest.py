@@ -89,25 +89,53 @@ def write_manifest(folder: Path, manifest: ShardSet) -> Path:
     return path
 
 
-def read_manifest(folder: str | Path, model: type[ShardSet]) -> ShardSet:
-    """Load and validate `folder/manifest.json` as `model`."""
+# Per kind: the model, what such a folder is (for messages), and how it is written again.
+KINDS = {
+    "images": (ImageManifest, "a data folder written by `pvs ingest`", "ingest again into the folder to rewrite it"),
+    "embeddings": (EmbeddingManifest, "an embeddings folder written by a run's extraction",
+                   "run `pvs run` again on its run folder to rewrite it"),
+}
+
+
+def read_manifest(folder: str | Path, model: type[ShardSet] | None = None) -> ShardSet:
+    """Load and validate `folder/manifest.json` as `model`, or (None) as the model its `kind`
+    names (`pvs verify` takes either). Any problem is one ManifestError line saying what
+    the file is and how to write it again."""
     path = Path(folder) / MANIFEST_NAME
     if not Path(folder).is_dir():
         raise ManifestError(f"{folder}: no such folder; give a folder written by `pvs ingest`")
     if not path.is_file():
         raise ManifestError(f"{path}: no manifest; is {folder} a folder written by `pvs ingest`?")
+    wanted = model.model_fields["kind"].default if model else None
+    rewrite = KINDS[wanted or "images"][2]
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ManifestError(f"{path}: not valid JSON ({error}); ingest again to rewrite it") from None
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        raise ManifestError(
-            f"{path}: schema version {raw.get('schema_version')!r}; this version reads {SCHEMA_VERSION}"
-        )
+        raise ManifestError(f"{path}: not valid JSON ({error}); {rewrite}") from None
+    if not isinstance(raw, dict) or "schema_version" not in raw:
+        shape = f"a JSON {type(raw).__name__}" if not isinstance(raw, dict) else "without schema_version"
+        raise ManifestError(f"{path}: not a manifest ({shape}; a manifest is an object with schema_version, kind "
+                            f"and shards); {rewrite}")
+    if raw["schema_version"] != SCHEMA_VERSION:
+        raise ManifestError(f"{path}: schema version {raw['schema_version']!r}; this version reads {SCHEMA_VERSION}")
+    kind = raw.get("kind", "images")  # `kind` has a default: a manifest may leave it out
+    if kind not in KINDS:
+        raise ManifestError(f"{path}: a manifest of unknown kind {kind!r}; this version reads {', '.join(KINDS)}")
+    if wanted and kind != wanted:
+        raise ManifestError(f"{path}: the manifest of {KINDS[kind][1]}, where {KINDS[wanted][1]} is wanted; "
+                            "give such a folder")
     try:
-        return model.model_validate(raw)
+        return KINDS[kind][0].model_validate(raw)
     except ValidationError as error:
-        raise ManifestError(f"{path}: not a valid {model.__name__}: {error}") from None
+        raise ManifestError(f"{path}: not a valid manifest of {KINDS[kind][1]} ({_problems(error)}); "
+                            f"{KINDS[kind][2]}") from None
+
+
+def _problems(error: ValidationError, shown: int = 3) -> str:
+    """pydantic's errors on one line: `shards: Input should be a valid list; ...`, the first few."""
+    problems = [f"{'.'.join(map(str, item['loc'])) or 'the file'}: {item['msg']}" for item in error.errors()]
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
 
 
 def shard_problem(folder: Path, shard: ShardEntry) -> str | None:
