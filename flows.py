@@ -48,7 +48,7 @@ from pipeline.config_files import load_config
 from pipeline.logs import install_log_filters
 from pipeline.records import Work, recorded_output
 from pipeline.reports import artifact_key, chart_markdown
-from pipeline.run_root import claim_run_root
+from pipeline.run_root import claim_run_root, default_run_dir
 from pipeline.runtime import configure_runtime
 from pipeline.scores import ScoreTable, phase_rows
 from pipeline.search import sheet_markdown, write_run_sheet
@@ -78,10 +78,6 @@ def check_force(config: PipelineConfig, force: list[str] | None) -> set[str]:
     if unknown:
         raise ConfigError(f"force: no step named {', '.join(map(repr, unknown))}; the steps are {', '.join(names)}")
     return set(force or [])
-
-
-def default_run_dir(config_path: str | Path) -> Path:
-    return Path("runs") / Path(config_path).stem
 
 
 class ChiefTimeoutError(UserError):
@@ -208,7 +204,7 @@ def finetune(
     root = RunRoot(run_dir or default_run_dir(config_path), StorageSettings.of(config))
     root.read_only = beside_the_chief(config, str(root), forced)
     root.pull_loose_files()  # run-config.yaml, for the owner check
-    with claim_run_root(root.local, Path(config_path), config) as swept:
+    with claim_run_root(root.local, Path(config_path), config, overrides) as swept:
         if swept:
             get_run_logger().info(f"removed {swept} temporary file(s) left in {root.local} by an interrupted run")
         configure_runtime(config)
@@ -338,12 +334,23 @@ def embed_shards(config: PipelineConfig, inputs: PipelineConfig, root: RunRoot, 
             task = embed_shard.with_options(refresh_cache=fresh)
             future = task.submit(works[number], config=inputs, data_dir=data["data_dir"], shard=shards[number], final=final)
             running[future] = number
-        future = next(as_completed(list(running)))
+        future = first_finished(list(running))
         number = running.pop(future)
         outputs[number] = after_task(works[number], root, future.result())
     get_run_logger().info(f"extraction: {len(works)} embedding shard(s) of {group}: {reused} reused, "
                           f"{len(works) - reused} computed")
     return outputs
+
+
+def first_finished(futures: list, poll_seconds: float = 1.0):
+    """The first of `futures` to finish, waited for in slices of `poll_seconds`: a wait
+    without a timeout blocks the main thread in a lock that a signal sent to the process
+    (and taken by another thread) never wakes, so Ctrl-C would wait for the shard to end."""
+    while True:
+        try:
+            return next(as_completed(futures, timeout=poll_seconds))
+        except TimeoutError:
+            continue
 
 
 @flow(name="compare-runs", description="Runs side by side: mar_at_10 per phase, test score, model size, time.")

@@ -5,6 +5,7 @@ and exit with status 2, without a traceback; anything else is a bug and keeps it
 """
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -127,25 +128,29 @@ def _fetched(location: str, cache_dir: str | None, parts: tuple[str, ...] = ()) 
 
 def _run(args) -> None:
     from pipeline.config_files import check_inputs, load_config, parse_overrides
+    from pipeline.run_root import check_run_folder, default_run_dir
 
-    # Config and input errors first, before Prefect is imported (seconds) or started.
+    # Config, input and run folder errors first, before Prefect is imported (seconds) or started.
     overrides = parse_overrides(args.overrides)
     config = load_config(args.config, overrides)
     check_inputs(config, str(args.config))
+    run_dir = str(args.run_dir or default_run_dir(args.config))
+    check_run_folder(run_dir, args.config, config)
     from pipeline.storage import check_locations
 
     # gs:// buckets and objects
     check_locations(args.run_dir or "", config.data.source, config.model.weights, config.storage.read_shards)
 
-    from flows import beside_the_chief, check_force, default_run_dir, finetune
+    from flows import beside_the_chief, check_force, finetune
+    from pipeline.prefect_server import prefect_api
     from pipeline.reports import read_scores
     from pipeline.scores import ScoreTable
     from pipeline.storage import RunRoot, StorageSettings, is_remote
 
     check_force(config, args.force)
-    run_dir = str(args.run_dir or default_run_dir(args.config))
     beside_the_chief(config, run_dir, args.force)
-    finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force)
+    with prefect_api():  # PREFECT_API_URL's server, checked to answer, or a temporary one
+        finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force)
     local = RunRoot(run_dir, StorageSettings.of(config)).local  # a gs:// run's local mirror holds the same files
     table = ScoreTable(local / "scores.csv")
     table.rows = read_scores(local)
@@ -157,17 +162,20 @@ def _run(args) -> None:
 
 def _report(args) -> None:
     from pipeline.charts import write_comparison_chart, write_score_chart
+    from pipeline.outputs import output_file
     from pipeline.reports import leaderboard, read_scores, render_leaderboard, run_names
 
     folders = [_fetched(run_dir, args.cache_dir) for run_dir in args.run_dirs]
-    runs = {name: read_scores(folder) for folder, name in zip(folders, run_names(args.run_dirs))}
-    for name, rows in runs.items():
-        print(render_leaderboard(name, leaderboard(rows)))
-        print()
-    if len(runs) == 1:
-        chart = write_score_chart(rows, args.chart or folders[0] / "report.png", title=f"{name}: mar_at_10")
-    else:
-        chart = write_comparison_chart(runs, args.chart or Path("comparison.png"))
+    default = folders[0] / "report.png" if len(folders) == 1 else Path("comparison.png")
+    with output_file(args.chart or default, "--chart", default.name, default=args.chart is None):
+        runs = {name: read_scores(folder) for folder, name in zip(folders, run_names(args.run_dirs))}
+        for name, rows in runs.items():
+            print(render_leaderboard(name, leaderboard(rows)))
+            print()
+        if len(runs) == 1:
+            chart = write_score_chart(rows, args.chart or default, title=f"{name}: mar_at_10")
+        else:
+            chart = write_comparison_chart(runs, args.chart or default)
     print(f"chart: {chart}")
 
 
@@ -191,14 +199,17 @@ def _compare(args) -> None:
     from pipeline.reports import run_names
     from tfrecords.files import write_text_atomic
 
-    folders = [_fetched(run_dir, args.cache_dir, ("model", "embeddings manifest")) for run_dir in args.run_dirs]
-    runs = read_runs(folders, names=run_names(args.run_dirs))
-    print(f"{CAPTION}:\n")
-    print(render_text(runs))
-    print(f"\nchart: {write_chart(runs, args.chart)}")
-    if args.table:
-        write_text_atomic(args.table, render_markdown(runs))
-        print(f"table: {args.table}")
+    from pipeline.outputs import output_file
+
+    with output_file(args.chart, "--chart", "comparison.png"), output_file(args.table, "--table", "comparison.md"):
+        folders = [_fetched(run_dir, args.cache_dir, ("model", "embeddings manifest")) for run_dir in args.run_dirs]
+        runs = read_runs(folders, names=run_names(args.run_dirs))
+        print(f"{CAPTION}:\n")
+        print(render_text(runs))
+        print(f"\nchart: {write_chart(runs, args.chart)}")
+        if args.table:
+            write_text_atomic(args.table, render_markdown(runs))
+            print(f"table: {args.table}")
 
 
 def demo_options(arguments: list[str]):
@@ -243,32 +254,37 @@ def _ingest(args) -> None:
 
 
 def _verify(args) -> None:
-    from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
+    from tfrecords.manifest import read_manifest, verify_shards
 
-    manifest = read_manifest(args.data_dir, ImageManifest)
+    manifest = read_manifest(args.data_dir)  # a data folder's or an embeddings folder's: shards are checked alike
     verify_shards(args.data_dir, manifest.shards)
     total = sum(shard.records for shard in manifest.shards)
     print(f"ok: {len(manifest.shards)} shards, {total} records match {args.data_dir / 'manifest.json'}")
 
 
 def _preview(args) -> None:
-    from pipeline.preview import write_preview
+    from pipeline.outputs import output_file
+    from pipeline.preview import check_memory_for, write_preview
 
-    out = write_preview(args.data_dir, args.out or args.data_dir / "preview.png", args.image_size)
-    print(f"wrote {out}")
+    check_memory_for(args.image_size)
+    out = args.out or args.data_dir / "preview.png"
+    with output_file(out, "--out", "preview.png", default=args.out is None):
+        print(f"wrote {write_preview(args.data_dir, out, args.image_size)}")
 
 
 def _search(args) -> None:
+    from pipeline.outputs import output_file
     from pipeline.search import draw, embed, find_images, open_run, read_queries, render, search
 
-    run = open_run(_fetched(args.run_dir, args.cache_dir, ("model", "embeddings", "data")))
-    queries = read_queries(find_images(args.images), run.index)
-    results = search(run.index, embed(run, queries), args.top)
-    count = len(run.index.items.vectors)
-    print(f"{len(queries)} image(s) searched in the {count} {run.index.split}_index images of {args.run_dir}\n")
-    print(render(queries, results, run.index))
-    if args.sheet:
-        print(f"\nsheet: {draw(args.sheet, queries, results, run.index)}")
+    with output_file(args.sheet, "--sheet", "sheet.png"):
+        run = open_run(_fetched(args.run_dir, args.cache_dir, ("model", "embeddings", "data")))
+        queries = read_queries(find_images(args.images), run.index)
+        results = search(run.index, embed(run, queries), args.top)
+        count = len(run.index.items.vectors)
+        print(f"{len(queries)} image(s) searched in the {count} {run.index.split}_index images of {args.run_dir}\n")
+        print(render(queries, results, run.index))
+        if args.sheet:
+            print(f"\nsheet: {draw(args.sheet, queries, results, run.index)}")
 
 
 COMMANDS = {
@@ -278,10 +294,18 @@ COMMANDS = {
 }
 
 
+# What an interrupted command keeps, for the line that says how to go on.
+KEPT_WHEN_INTERRUPTED = {"run": ": finished steps and epochs are kept", "ingest": ": finished shards are kept"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.prefect_server import kill_servers
+    from pipeline.stopping import exit_status, stop_on_signals
+
     args = _parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        with stop_on_signals(at_once=kill_servers):
+            COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -289,9 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in error.errors())
         print(f"error: invalid option: {redact(problems)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except BaseException as error:  # Ctrl-C or SIGTERM (pipeline/stopping.py), or a bug
+        status = exit_status(error)
+        if status is None:
+            raise
+        kept = KEPT_WHEN_INTERRUPTED.get(args.command, "")
+        print(f"interrupted ({signal.Signals(status - 128).name}); run the same command again to resume{kept}",
+              file=sys.stderr)
+        return status
     return 0
 
 

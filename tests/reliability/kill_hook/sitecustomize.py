@@ -10,6 +10,9 @@ Every file of a run is written under a temporary name and renamed into place wit
   With delay 0 the process dies just before that rename: the file is written only
   under its temporary name (a kill mid-write). With a delay it dies that many seconds
   after the rename, wherever it is then (mid-epoch, mid-extraction, ...).
+- PVS_TEST_SIGNAL: another signal than SIGKILL, by name (SIGINT, SIGTERM); with
+  PVS_TEST_SIGNAL_GROUP=1 it goes to the whole process group, as a terminal's Ctrl-C
+  does. PVS_TEST_SIGNAL_SENT: a file that gets the time (time.time()) it was sent.
 """
 
 import os
@@ -28,8 +31,19 @@ if os.environ.get("PVS_TEST_ROOT"):
     _rename = os.replace
     _armed = [bool(_TARGET)]
 
+    _SIGNAL = getattr(signal, os.environ.get("PVS_TEST_SIGNAL", "SIGKILL"))
+    _SENT = os.environ.get("PVS_TEST_SIGNAL_SENT")
+
     def _kill() -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
+        if _SENT:
+            import time
+
+            with open(_SENT, "w") as sent:
+                sent.write(repr(time.time()))
+        if os.environ.get("PVS_TEST_SIGNAL_GROUP") == "1":
+            os.killpg(os.getpgrp(), _SIGNAL)
+        else:
+            os.kill(os.getpid(), _SIGNAL)
 
     def _replace(source, destination, *args, **kwargs):
         relative = os.path.relpath(os.path.realpath(destination), _ROOT)
@@ -42,7 +56,8 @@ if os.environ.get("PVS_TEST_ROOT"):
                 _armed[0] = False
                 if _DELAY <= 0:
                     _kill()
-                threading.Timer(_DELAY, _kill).start()
+                else:
+                    threading.Timer(_DELAY, _kill).start()
         return _rename(source, destination, *args, **kwargs)
 
     os.replace = _replace
