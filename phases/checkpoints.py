@@ -20,9 +20,8 @@ import numpy as np
 # Our registered Keras classes (losses a compiled model refers to, preprocessing layers):
 # imported so that any saved model of the pipeline loads wherever load_model is called.
 import phases.layers
-import phases.multi_similarity  # noqa: F401  (and so phases.losses)
-from phases.errors import UnsafeModelError
-from tfrecords.errors import ShardIntegrityError
+import phases.losses  # noqa: F401
+from phases.errors import ModelIntegrityError, UnsafeModelError
 from tfrecords.files import raise_if_disk_error, sha256_file, write_text_atomic
 
 KEEP = 2  # checkpoints kept per phase: the last, and one in case the last is damaged
@@ -65,7 +64,7 @@ def load_model(path: Path, sha256: str | None = None, compile: bool = True) -> k
     `compile=False` drops the optimizer: a new phase starts its own. A model holding code
     (a Lambda layer) is refused without running any of it: UnsafeModelError."""
     if sha256 is not None and sha256_file(path) != sha256:
-        raise ShardIntegrityError(f"{path}: sha256 differs from the recorded one; the file was altered")
+        raise ModelIntegrityError(f"{path}: sha256 differs from the recorded one; the file was altered")
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=compile)
     except (ValueError, TypeError) as error:

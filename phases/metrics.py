@@ -10,10 +10,11 @@ np.asarray takes) are accepted as inputs.
 
 import numpy as np
 
+from phases.config import DISTANCE_METRICS
+from phases.errors import MetricInputError
 from phases.exact_search import (
     DEFAULT_BLOCK_BYTES,
     SIMILARITY_BYTES,
-    MetricInputError,
     inverse_norms,
     search_blocks,
     squared_norms,
@@ -22,7 +23,6 @@ from phases.exact_search import (
 TOP_K = 10  # the leaderboard cut-off of MAR@10, MAP@10 and recall@10
 # triplet_accuracy's [anchors x items] distance blocks, a few of them alive at a time.
 TRIPLET_BLOCK_BYTES = 128 * 2**20
-DISTANCE_METRICS = ("L2", "squared-L2", "angular")
 # The keys of retrieval_scores, in the order score tables show them.
 SCORE_NAMES = (
     "mar_at_10", "map_at_10", "recall_at_1", "recall_at_5", "recall_at_10", "precision_at_1", "map_at_r",

@@ -28,7 +28,7 @@ import keras
 
 from phases.applications import LITE_ARCHITECTURES, build_application
 from phases.architectures import PREPROCESSING, layer_group
-from phases.config import ClassificationPhase, EndToEndPhase, ModelConfig
+from phases.config import IMAGENET_WEIGHTS, NAMED_WEIGHTS, NO_WEIGHTS, ClassificationPhase, EndToEndPhase, ModelConfig
 from phases.errors import ConfigError
 from phases.layers import CaffePreprocessing
 from phases.lite_weights import imagenet_weights_file
@@ -48,13 +48,15 @@ def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
     whatever the weights (phases/applications.py).
     """
     weights = config.weights
-    if weights not in ("imagenet", "none") and not Path(weights).is_file():
-        raise ConfigError(f"model.weights: {weights!r} is neither 'imagenet', 'none' nor an existing weights file")
-    keras_imagenet = weights == "imagenet" and config.architecture not in LITE_ARCHITECTURES
-    if weights == "none" or keras_imagenet:
+    if weights not in NAMED_WEIGHTS and not Path(weights).is_file():
+        raise ConfigError(
+            f"model.weights: {weights!r} is neither {IMAGENET_WEIGHTS!r}, {NO_WEIGHTS!r} nor an existing weights file"
+        )
+    keras_imagenet = weights == IMAGENET_WEIGHTS and config.architecture not in LITE_ARCHITECTURES
+    if weights == NO_WEIGHTS or keras_imagenet:
         weights_file = None
     else:  # EfficientNetLite0's ImageNet weights are a file too, made once
-        weights_file = imagenet_weights_file() if weights == "imagenet" else weights
+        weights_file = imagenet_weights_file() if weights == IMAGENET_WEIGHTS else weights
     images = keras.Input((image_size, image_size, 3), name="images")
     backbone = build_application(
         config.architecture,
@@ -74,7 +76,8 @@ def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
             reason = str(error).strip().splitlines()[0].split(" Example error message")[0]  # then Keras lists every layer
             raise ConfigError(
                 f"model.weights: {weights_file} does not fit {config.architecture} without its top ({reason}); give "
-                f"a .weights.h5 file saved from {config.architecture}(include_top=False), or 'imagenet' or 'none'"
+                f"a .weights.h5 file saved from {config.architecture}(include_top=False), "
+                f"or {IMAGENET_WEIGHTS!r} or {NO_WEIGHTS!r}"
             ) from None
     if config.feature_blocks:
         return _with_block_features(backbone, config.architecture, config.feature_blocks)

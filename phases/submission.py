@@ -17,17 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from tfrecords.errors import UserError
+from phases.errors import SubmissionError
 from tfrecords.files import write_text_atomic
 
 SUBMISSION_NAME = "submission.csv"
 SUBMISSION_HEADER = ["query_id", "index_ids"]
 # `\s` is every character str.split() splits on (str.isspace), \x85 and \u2028 included.
 _ENCODED = re.compile(r"[%\s\x00-\x1f\x7f-\x9f]")
-
-
-class SubmissionError(UserError):
-    """A file that is not a submission.csv as `write_submission` writes it."""
 
 
 def submission_id(image_id: str) -> str:

@@ -1,1 +1,1 @@
-"""The orchestration side of product-visual-search: CLI, reports, (later) Prefect tasks."""
+"""The orchestration side of product-visual-search: Prefect tasks and their records, storage, reports, the `pvs` CLI."""

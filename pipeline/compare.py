@@ -18,10 +18,11 @@ from pathlib import Path
 
 import h5py
 
+from phases.errors import ModelIntegrityError
 from pipeline.charts import write_comparison_chart
 from pipeline.reports import METRIC, markdown_table, phase_order, png_markdown, read_scores, run_names
 from pipeline.run_root import recorded_config, recorded_path, run_command
-from tfrecords.errors import ShardIntegrityError, UserError
+from tfrecords.errors import UserError
 from tfrecords.files import sha256_file
 from tfrecords.manifest import MANIFEST_NAME, EmbeddingManifest, read_manifest
 
@@ -123,7 +124,7 @@ def count_parameters(path: Path, sha256: str | None = None) -> int:
     of TensorFlow for an EfficientNet, and needs every custom layer registered): every
     array saved there, less the optimizer state of the model or of a model nested in it."""
     if sha256 is not None and sha256_file(path) != sha256:
-        raise ShardIntegrityError(f"{path}: sha256 differs from the one in run.json; the file was altered "
+        raise ModelIntegrityError(f"{path}: sha256 differs from the one in run.json; the file was altered "
                                   "(`pvs run` on its run folder rebuilds it)")
     try:
         with zipfile.ZipFile(path) as archive:

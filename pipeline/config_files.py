@@ -23,7 +23,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from phases.config import PipelineConfig
+from phases.config import NAMED_WEIGHTS, PipelineConfig
 from phases.errors import ConfigError
 from pipeline.redaction import redact
 from tfrecords.errors import SourceError, UserError
@@ -216,7 +216,7 @@ def check_inputs(config: PipelineConfig, origin: str) -> None:
     try:
         if "://" not in config.data.source:  # remote sources are checked by ingestion itself
             _check_source(config)
-        if config.model.weights not in ("imagenet", "none") and "://" not in config.model.weights:  # gs://: staged by the flow
+        if config.model.weights not in NAMED_WEIGHTS and "://" not in config.model.weights:  # gs://: staged by the flow
             from phases.model import build_backbone
 
             build_backbone(config.model, image_size=32)  # weights do not depend on the image size; 32 px is cheapest

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import phases
 import tfrecords
-from phases.config import PipelineConfig
+from phases.config import NAMED_WEIGHTS, PipelineConfig
 from pipeline.records import Work
 from pipeline.storage import RunRoot, StorageSettings, is_remote, remote_ingested, source_listing_digest, stage_file
 from tfrecords.files import sha256_file
@@ -84,7 +84,7 @@ def weights_digest(config: PipelineConfig) -> str | None:
     in place under the same name is other weights, so every key that depends on them changes.
     A gs:// file is staged (downloaded only when its MD5 changed) and its copy hashed."""
     weights = config.model.weights
-    if weights in ("imagenet", "none"):
+    if weights in NAMED_WEIGHTS:
         return None
     if is_remote(weights):
         return stage_file(weights, StorageSettings.of(config))[1]

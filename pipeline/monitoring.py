@@ -1,22 +1,16 @@
 """What a training task reports while it runs: epoch lines in the Prefect log,
-TensorBoard logs per phase, and an optional injected fault for resume drills.
+TensorBoard logs per phase, and the fault drill's injected fault (pipeline/fault_drill.py).
 
 Keras' progress bars are off (`fit(verbose=0)`): Prefect's log shows one line per
 epoch from `EpochLogger` instead, and one per scored epoch from `ScoreReporter`.
 """
 
 import logging
-import os
 from pathlib import Path
 
 import keras
 
-FAULT_AFTER = "PVS_FAIL_AFTER"  # "PHASE:EPOCH": fail after that epoch's checkpoint is saved
-FAULT_ONCE = "PVS_FAIL_ONCE"  # a marker file: fail only if it does not exist yet, then create it
-
-
-class InjectedFault(RuntimeError):
-    """The failure asked for by PVS_FAIL_AFTER: a stand-in for a preempted machine."""
+from pipeline.fault_drill import inject_fault
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -53,21 +47,6 @@ class ScoreReporter:
                 tf.summary.scalar(name, value, step=int(row["epoch"]))
         self.writer.flush()
         inject_fault(self.phase, int(row["epoch"]))
-
-
-def inject_fault(phase: str, epoch: int) -> None:
-    """Raise InjectedFault when PVS_FAIL_AFTER names this phase and epoch (and, with
-    PVS_FAIL_ONCE, only the first time). Runs after the epoch's checkpoint is saved,
-    so a resumed run continues from it."""
-    wanted = os.environ.get(FAULT_AFTER, "")
-    if wanted != f"{phase}:{epoch}":
-        return
-    marker = os.environ.get(FAULT_ONCE)
-    if marker:
-        if Path(marker).exists():
-            return
-        Path(marker).touch()
-    raise InjectedFault(f"{FAULT_AFTER}={wanted}: failing after epoch {epoch} of phase {phase!r}, as asked")
 
 
 def tensorboard_callback(folder: Path) -> keras.callbacks.Callback:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from phases.checkpoints import save_model
+from phases.checkpoints import load_model, save_model
+from phases.errors import ModelIntegrityError
 from pipeline.cli import main
 from pipeline.compare import count_parameters, read_runs, render_markdown
 from pipeline.scores import ScoreTable
@@ -89,6 +90,15 @@ def test_parameters_are_counted_as_keras_counts_them_without_optimizer_state(tmp
         path = tmp_path / f"{model.name}.keras"
         digest = save_model(model, path)
         assert count_parameters(path, digest) == model.count_params()
+
+
+def test_an_altered_model_file_is_a_model_integrity_error_wherever_it_is_read(tmp_path, models):
+    path = tmp_path / "embedder.keras"
+    digest = save_model(models["small"], path)
+    path.write_bytes(path.read_bytes() + b"\0")
+    for read in (count_parameters, load_model):
+        with pytest.raises(ModelIntegrityError, match="sha256 differs"):
+            read(path, digest)
 
 
 def test_each_run_shows_its_phase_scores_test_score_size_time_and_embedding_size(two_runs, models):

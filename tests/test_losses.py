@@ -11,14 +11,15 @@ from phases.config import SiamesePhase
 from phases.losses import (
     DISTANCE_METRICS,
     ContrastiveLoss,
+    MultiSimilarityLoss,
     TripletHardLoss,
     TripletSemiHardLoss,
     contrastive_loss,
     make_loss,
+    multi_similarity_loss,
     triplet_hard_loss,
     triplet_semihard_loss,
 )
-from phases.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
 
 LOSS_FUNCTIONS = [triplet_semihard_loss, triplet_hard_loss, contrastive_loss]  # those taking every distance metric
 EVERY_LOSS_FUNCTION = [*LOSS_FUNCTIONS, multi_similarity_loss]  # multi-similarity: "angular" only

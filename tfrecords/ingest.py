@@ -19,9 +19,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tfrecords.copies import check_no_copies_across_splits
-from tfrecords.errors import SourceError
+from tfrecords.errors import FolderInUseError, SourceError
 from tfrecords.files import remove_stale_temporaries, sha256_file
-from tfrecords.locks import FolderInUseError, hold_lock
+from tfrecords.locks import hold_lock
 from tfrecords.manifest import MANIFEST_NAME, ImageManifest, ShardEntry, SkippedImage, read_manifest, write_manifest
 from tfrecords.options import IngestOptions
 from tfrecords.shard_writer import (

@@ -18,10 +18,6 @@ from pathlib import Path
 from tfrecords.errors import UserError
 
 
-class FolderInUseError(UserError):
-    """Another process holds the folder's lock (e.g. a second `pvs ingest` into one folder)."""
-
-
 @contextlib.contextmanager
 def hold_lock(lock_path: Path, in_use: Callable[[str], UserError]) -> Iterator[None]:
     """Hold `lock_path` (created, with its folder, when missing) for the block.

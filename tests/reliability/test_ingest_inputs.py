@@ -24,9 +24,9 @@ from reliability.test_bad_input import (  # noqa: F401  (data_dir: a fixture)
     snapshot,
 )
 from tfrecords import copies
-from tfrecords.errors import SourceError
+from tfrecords.errors import FolderInUseError, SourceError
 from tfrecords.ingest import LOCK_NAME, ingest
-from tfrecords.locks import FolderInUseError, hold_lock
+from tfrecords.locks import hold_lock
 from tfrecords.manifest import ImageManifest, read_manifest
 from tfrecords.options import IngestOptions
 from tfrecords.sources import SourceImage

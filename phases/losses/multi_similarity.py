@@ -1,6 +1,6 @@
 """Multi-similarity loss (Wang et al., CVPR 2019, arXiv:1904.06627), in `keras.ops`.
 
-Like the losses of `phases.losses` it takes integer labels [batch] (or [batch, 1])
+Like the other batch losses it takes integer labels [batch] (or [batch, 1])
 and embeddings [batch, dim] and returns one float32 scalar for the batch; unlike
 them it works on cosine similarity, so its only distance metric is "angular".
 `tests/test_losses.py` checks it against a plain NumPy reference.
@@ -9,14 +9,14 @@ them it works on cosine similarity, so its only distance metric is "angular".
 import keras
 from keras import ops
 
-from phases.losses import (
-    _as_float32,
-    _BatchLoss,
-    _labels_and_distances,
-    _masked_maximum,
-    _masked_minimum,
-    _off_diagonal,
+from phases.losses.batch import (
+    BatchLoss,
+    as_float32,
     check_distance_metric,
+    labels_and_distances,
+    masked_maximum,
+    masked_minimum,
+    off_diagonal,
 )
 
 
@@ -53,14 +53,14 @@ def multi_similarity_loss(
         float32 scalar tensor.
     """
     _check_cosine(distance_metric)
-    same_label, distances = _labels_and_distances(labels, embeddings, "angular")
+    same_label, distances = labels_and_distances(labels, embeddings, "angular")
     similarities = 1.0 - distances
-    positives = ops.logical_and(same_label, _off_diagonal(similarities))
+    positives = ops.logical_and(same_label, off_diagonal(similarities))
     negatives = ops.logical_not(same_label)
-    margin = _as_float32(margin)
+    margin = as_float32(margin)
     # Without positives (negatives) these are the row's extremes, but then the anchor keeps no pair of that kind anyway.
-    easiest_positive = _masked_minimum(similarities, positives)
-    hardest_negative = _masked_maximum(similarities, negatives)
+    easiest_positive = masked_minimum(similarities, positives)
+    hardest_negative = masked_maximum(similarities, negatives)
     kept_negatives = ops.logical_and(negatives, similarities + margin > easiest_positive)
     kept_positives = ops.logical_and(positives, similarities - margin < hardest_negative)
 
@@ -94,7 +94,7 @@ def _log_one_plus_sum_exp(exponents, mask):
 
 
 @keras.saving.register_keras_serializable(package="pvs")
-class MultiSimilarityLoss(_BatchLoss):
+class MultiSimilarityLoss(BatchLoss):
     """Keras loss for `multi_similarity_loss`: y_true labels [batch] or [batch, 1], y_pred embeddings [batch, dim].
 
     Args:

@@ -1,0 +1,40 @@
+"""Metric-learning losses over a batch, in `keras.ops`: triplet (semi-hard, hard),
+contrastive and multi-similarity, each as a function and as a Keras loss.
+
+Every loss takes integer labels [batch] (or [batch, 1]) and embeddings [batch, dim] and
+returns one float32 scalar for the whole batch: the pairs and triplets are formed inside
+the batch, so a batch needs several images of the same product. `tests/test_losses.py`
+checks each against a plain NumPy reference.
+
+  batch.py             what they share: distances ("L2", "squared-L2", "angular"), masks, the Keras base
+  triplet.py           triplet_semihard_loss, triplet_hard_loss (those of tensorflow-addons 0.23)
+  contrastive.py       contrastive_loss
+  multi_similarity.py  multi_similarity_loss (Wang et al. 2019; cosine similarity only)
+  schedule.py          the loss a phase configures, compiled; its margin schedule, epoch by epoch
+
+The Keras losses are registered as "pvs>ClassName", the names saved .keras models refer
+to: importing this package is what lets such a model load.
+"""
+
+from phases.config import DISTANCE_METRICS
+from phases.losses.batch import check_distance_metric
+from phases.losses.contrastive import ContrastiveLoss, contrastive_loss
+from phases.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
+from phases.losses.schedule import apply_schedule_step, compile_for_schedule, make_loss
+from phases.losses.triplet import TripletHardLoss, TripletSemiHardLoss, triplet_hard_loss, triplet_semihard_loss
+
+__all__ = [
+    "DISTANCE_METRICS",
+    "ContrastiveLoss",
+    "MultiSimilarityLoss",
+    "TripletHardLoss",
+    "TripletSemiHardLoss",
+    "apply_schedule_step",
+    "check_distance_metric",
+    "compile_for_schedule",
+    "contrastive_loss",
+    "make_loss",
+    "multi_similarity_loss",
+    "triplet_hard_loss",
+    "triplet_semihard_loss",
+]
