@@ -13,7 +13,8 @@ import random
 import re
 import sys
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from tqdm import tqdm
@@ -214,12 +215,22 @@ def _write_all(todo: list[PlannedShard], out: Path, options: IngestOptions):
             pool.submit(write_shard, shard, str(out), options.strict, options.max_image_pixels) for shard in todo
         ]
         try:
-            for future in as_completed(futures):
+            for future in _as_completed(futures):
                 yield future.result()
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+
+
+def _as_completed(futures: list[Future], poll_seconds: float = 1.0) -> Iterator[Future]:
+    """`futures` as they finish, waited for in slices of `poll_seconds`: a wait without a
+    timeout blocks the main thread in a lock that a signal taken by another thread never
+    wakes, so Ctrl-C would wait for the next shard to finish."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=poll_seconds, return_when=FIRST_COMPLETED)
+        yield from done
 
 
 def _remove_unplanned_shards(out: Path, planned: set[str]) -> None:
