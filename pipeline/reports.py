@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from pipeline.run_root import run_command
-from pipeline.storage import is_remote
+from pipeline.storage.remote import is_remote
 from tfrecords.errors import UserError
 
 METRIC = "mar_at_10"  # the leaderboard metric of eProduct

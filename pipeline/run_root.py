@@ -27,9 +27,10 @@ import yaml
 
 from phases.config import PipelineConfig
 from phases.errors import ConfigError
-from pipeline.config_files import override_arguments, resolve_config_path
+from pipeline.config_files import resolve_config_path
+from pipeline.config_overrides import override_arguments
 from pipeline.outputs import folder_problem
-from pipeline.storage import is_remote
+from pipeline.storage.remote import is_remote
 from tfrecords.errors import UserError
 from tfrecords.files import remove_stale_temporaries, write_text_atomic
 from tfrecords.locks import hold_lock

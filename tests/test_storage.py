@@ -1,6 +1,7 @@
-"""gs:// storage against a real Cloud Storage emulator on 127.0.0.1 (`storage_emulator`):
-run-folder mirrors pushed and pulled, shards staged through the cache, remote sources,
-and the errors a missing bucket or object gives."""
+"""Remote storage against real servers on 127.0.0.1, each test taking `bucket` for gs:// (a
+Cloud Storage emulator) and for s3:// (moto's S3 server): run-folder mirrors pushed and
+pulled, shards staged through the cache, remote sources, and the errors a missing bucket
+or object gives. TensorFlow reads shards where they are from gs:// only (`read_shards: direct`)."""
 
 import json
 import os
@@ -11,15 +12,11 @@ import fsspec
 import pytest
 
 from pipeline.records import write_record
-from pipeline.storage import (
-    RemoteStorageError,
-    RunRoot,
-    ShardCache,
-    StorageSettings,
-    remote_listing,
-    stage_file,
-    stage_source,
-)
+from pipeline.storage.remote import RemoteStorageError, download, holds, remote_listing
+from pipeline.storage.run_store import RunRoot
+from pipeline.storage.schemes import SCHEMES
+from pipeline.storage.shard_cache import ShardCache, StorageSettings
+from pipeline.storage.staging import check_locations, stage_file, stage_source
 from tfrecords.manifest import ImageManifest, read_manifest
 
 
@@ -40,8 +37,8 @@ def upload_folder(folder: Path, url: str) -> None:
             fs.put_file(str(file), f"{path}/{file.relative_to(folder).as_posix()}")
 
 
-def test_a_pushed_step_folder_is_pulled_on_another_machine_byte_for_byte(storage_emulator, tmp_path):
-    url = storage_emulator.url("push-pull", "run")
+def test_a_pushed_step_folder_is_pulled_on_another_machine_byte_for_byte(bucket, tmp_path):
+    url = bucket.url("push-pull", "run")
     here = RunRoot(url, settings(tmp_path / "a"))
     step = here.local / "phases" / "01-top"
     (step / "checkpoints").mkdir(parents=True)
@@ -65,8 +62,8 @@ def test_a_pushed_step_folder_is_pulled_on_another_machine_byte_for_byte(storage
             assert (there.local / file.relative_to(here.local)).read_bytes() == file.read_bytes()
 
 
-def test_pulling_a_finished_step_brings_only_what_its_record_lists(storage_emulator, tmp_path):
-    url = storage_emulator.url("finished", "run")
+def test_pulling_a_finished_step_brings_only_what_its_record_lists(bucket, tmp_path):
+    url = bucket.url("finished", "run")
     here = RunRoot(url, settings(tmp_path / "a"))
     step = here.local / "phases" / "01-top"
     (step / "checkpoints").mkdir(parents=True)
@@ -80,8 +77,8 @@ def test_pulling_a_finished_step_brings_only_what_its_record_lists(storage_emula
     assert sorted(p.name for p in (there.local / "phases" / "01-top").rglob("*")) == ["model.keras", "result.json"]
 
 
-def test_push_deletes_from_the_bucket_what_was_deleted_here(storage_emulator, tmp_path):
-    url = storage_emulator.url("pruned", "run")
+def test_push_deletes_from_the_bucket_what_was_deleted_here(bucket, tmp_path):
+    url = bucket.url("pruned", "run")
     root = RunRoot(url, settings(tmp_path))
     step = root.local / "phases" / "01-top" / "checkpoints"
     step.mkdir(parents=True)
@@ -94,8 +91,8 @@ def test_push_deletes_from_the_bucket_what_was_deleted_here(storage_emulator, tm
                                          "phases/01-top/checkpoints/epoch-0002.keras"]
 
 
-def test_shards_are_staged_through_the_cache_once_and_checked_against_the_manifest(storage_emulator, ingested, tmp_path):
-    url = storage_emulator.url("staged", "data")
+def test_shards_are_staged_through_the_cache_once_and_checked_against_the_manifest(bucket, ingested, tmp_path):
+    url = bucket.url("staged", "data")
     upload_folder(ingested, url)
     manifest = read_manifest(ingested, ImageManifest)
     cache = ShardCache(settings(tmp_path))
@@ -113,8 +110,8 @@ def test_shards_are_staged_through_the_cache_once_and_checked_against_the_manife
         ShardCache(settings(tmp_path / "elsewhere")).stage(url, [damaged], tmp_path / "three")
 
 
-def test_the_cache_evicts_the_least_recently_used_shards_beyond_its_size(storage_emulator, ingested, tmp_path):
-    url = storage_emulator.url("evicted", "data")
+def test_the_cache_evicts_the_least_recently_used_shards_beyond_its_size(bucket, ingested, tmp_path):
+    url = bucket.url("evicted", "data")
     upload_folder(ingested, url)
     shards = read_manifest(ingested, ImageManifest).shards
     first, second = shards[:4], shards[4:8]
@@ -127,8 +124,8 @@ def test_the_cache_evicts_the_least_recently_used_shards_beyond_its_size(storage
     assert all((tmp_path / "first" / shard.file).is_file() for shard in first)  # staged folders keep their links
 
 
-def test_a_remote_csv_source_is_staged_with_the_images_it_names(storage_emulator, demo_images, tmp_path):
-    url = storage_emulator.url("csv-source")
+def test_a_remote_csv_source_is_staged_with_the_images_it_names(bucket, demo_images, tmp_path):
+    url = bucket.url("csv-source")
     images = sorted(path.relative_to(demo_images).as_posix() for path in demo_images.rglob("*.jpg"))[:6]
     fs, path = fsspec.core.url_to_fs(url)
     for name in images:
@@ -149,17 +146,18 @@ def test_a_remote_csv_source_is_staged_with_the_images_it_names(storage_emulator
         stage_source(f"{url}/missing.csv", settings(tmp_path))
 
 
-def test_a_missing_bucket_or_object_is_one_clear_error(storage_emulator, tmp_path):
-    with pytest.raises(RemoteStorageError, match=r"^gs://no-such-bucket: no such bucket"):
-        RunRoot("gs://no-such-bucket/runs/x", settings(tmp_path)).pull_loose_files()
-    with pytest.raises(RemoteStorageError, match=r"^gs://pvs-test/nothing/here.weights.h5: no such object"):
-        stage_file(storage_emulator.url("nothing", "here.weights.h5"), settings(tmp_path))
-    with pytest.raises(RemoteStorageError, match=r"^gs://pvs-test/no-images: no such object"):
-        stage_source(storage_emulator.url("no-images"), settings(tmp_path))
+def test_a_missing_bucket_or_object_is_one_clear_error(bucket, tmp_path):
+    with pytest.raises(RemoteStorageError, match=rf"^{bucket.scheme}://no-such-bucket: no such bucket"):
+        RunRoot(f"{bucket.scheme}://no-such-bucket/runs/x", settings(tmp_path)).pull_loose_files()
+    scheme = bucket.scheme
+    with pytest.raises(RemoteStorageError, match=rf"^{scheme}://pvs-test/nothing/here.weights.h5: no such object"):
+        stage_file(bucket.url("nothing", "here.weights.h5"), settings(tmp_path))
+    with pytest.raises(RemoteStorageError, match=rf"^{scheme}://pvs-test/no-images: no such object"):
+        stage_source(bucket.url("no-images"), settings(tmp_path))
 
 
-def test_a_remote_file_is_downloaded_again_only_when_it_changed(storage_emulator, tmp_path):
-    url = storage_emulator.url("weights", "backbone.weights.h5")
+def test_a_remote_file_is_downloaded_again_only_when_it_changed(bucket, tmp_path):
+    url = bucket.url("weights", "backbone.weights.h5")
     fs, path = fsspec.core.url_to_fs(url)
     fs.pipe_file(path, b"first")
     local, digest = stage_file(url, settings(tmp_path))
@@ -170,14 +168,33 @@ def test_a_remote_file_is_downloaded_again_only_when_it_changed(storage_emulator
     assert stage_file(url, settings(tmp_path))[0].read_bytes() == b"second"
 
 
-def test_listing_names_objects_relative_to_the_folder(storage_emulator, tmp_path):
-    url = storage_emulator.url("listing")
+def test_listing_names_objects_relative_to_the_folder(bucket, tmp_path):
+    url = bucket.url("listing")
     fs, path = fsspec.core.url_to_fs(url)
     fs.pipe_file(f"{path}/a/b.txt", b"12345")
     listing = remote_listing(url)
     assert list(listing) == ["a/b.txt"] and listing["a/b.txt"]["size"] == 5
     json.dumps(listing)  # plain data
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_an_s3_object_written_in_parts_is_compared_by_the_sha256_stored_with_it(s3_server, tmp_path):
+    """A multipart upload's ETag is not the file's MD5; pvs stores each file's sha256 with its
+    upload (`schemes.S3`), and takes an object that has neither as different (copied again)."""
+    url = s3_server.url("multipart")
+    fs, path = fsspec.core.url_to_fs(url)
+    file = tmp_path / "model.keras"
+    file.write_bytes(os.urandom(11 << 20))
+    fs.put_file(str(file), f"{path}/model.keras", chunksize=5 << 20)  # as another tool writes it: 3 parts
+    entry = remote_listing(url)["model.keras"]
+    assert entry["fingerprint"].endswith("-3") and not holds(file, f"{url}/model.keras", entry)
+    assert download(f"{url}/model.keras", tmp_path / "copy", entry).read_bytes() == file.read_bytes()
+
+    fs.put_file(str(file), f"{path}/model.keras", chunksize=5 << 20, **SCHEMES["s3"].upload_options(file))
+    entry = remote_listing(url)["model.keras"]
+    assert holds(file, f"{url}/model.keras", entry)
+    file.write_bytes(os.urandom(11 << 20))  # the same size, other bytes
+    assert not holds(file, f"{url}/model.keras", entry)
 
 
 def ingest_in_a_flow(prefect_server, work, config) -> dict:
@@ -216,7 +233,7 @@ def test_read_shards_direct_leaves_the_shards_in_the_bucket_and_stage_brings_the
 
     output = ingest_in_a_flow(prefect_server, Work("ingest", "direct-" + tmp_path.name, folder), direct)
     assert sorted(path.name for path in folder.iterdir()) == ["manifest.json", "result.json", "shards-at.txt"]
-    assert {"manifest", "shards at"} <= set(output)
+    assert output.manifest == (folder / "manifest.json").resolve() and output.shards_at == (folder / "shards-at.txt").resolve()
     assert not (tmp_path / "cache" / "shards").exists() or not any((tmp_path / "cache" / "shards").iterdir())
     assert shard_paths(folder, "train") == [f"{url}/{shard.file}" for shard in shards if shard.split == "train"]
 
@@ -228,7 +245,6 @@ def test_read_shards_direct_leaves_the_shards_in_the_bucket_and_stage_brings_the
 
 
 def test_read_shards_direct_is_refused_for_a_source_that_is_not_an_ingested_bucket_folder(storage_emulator, ingested):
-    from pipeline.storage import check_locations
     from tfrecords.errors import UserError
 
     url = storage_emulator.url("direct-refused", "data")
@@ -240,3 +256,13 @@ def test_read_shards_direct_is_refused_for_a_source_that_is_not_an_ingested_buck
     for source in (str(ingested), csv):  # an ingested folder on this disk; images in a bucket
         with pytest.raises(UserError, match=f"data.source {source} is not one; ingest it into a bucket first"):
             check_locations("", source, "none", "direct")
+
+
+def test_read_shards_direct_is_refused_for_an_s3_source_that_tensorflow_cannot_read(s3_server, ingested):
+    from tfrecords.errors import UserError
+
+    url = s3_server.url("direct-refused", "data")
+    upload_folder(ingested, url)
+    check_locations("", url, "none", "stage")  # staged: fine
+    with pytest.raises(UserError, match="TensorFlow's own file systems, which read gs:// but not s3://"):
+        check_locations("", url, "none", "direct")

@@ -1,6 +1,7 @@
-"""The whole pipeline with its source images, run folder and artifacts in a bucket (a real
-Cloud Storage emulator on 127.0.0.1): killed on one machine, resumed on another (a new
-local cache), it ends with the scores and submission of the uninterrupted local run."""
+"""The whole pipeline with its source images, run folder and artifacts in a bucket (for
+gs://, a real Cloud Storage emulator on 127.0.0.1; for s3://, moto's S3 server there):
+killed on one machine, resumed on another (a new local cache), it ends with the scores and
+submission of the uninterrupted local run. Each test runs for both schemes (`bucket`)."""
 
 import shutil
 import signal
@@ -9,15 +10,15 @@ import fsspec
 import pytest
 from conftest import states
 
-from pipeline.storage import mirror_path
+from pipeline.storage.run_store import mirror_path
 from reliability.conftest import assert_same_scores, bucket_names, read_scores, run_to_end, start_run, tiny_config
 
 
 @pytest.mark.slow
 def test_a_run_in_a_bucket_killed_on_one_machine_resumes_on_another_with_the_uninterrupted_scores(
-    reference, demo_images, storage_emulator, prefect_server, tmp_path, capsys
+    reference, demo_images, bucket, prefect_server, tmp_path, capsys
 ):
-    source, run_url = storage_emulator.url("remote-run", "images"), storage_emulator.url("remote-run", "run")
+    source, run_url = bucket.url("remote-run", "images"), bucket.url("remote-run", "run")
     fs, path = fsspec.core.url_to_fs(source)
     fs.put(str(demo_images), path, recursive=True)
     config = tiny_config(tmp_path / "tiny.yaml", source)  # the reference's config, its source in the bucket
@@ -80,19 +81,19 @@ def without_paths(output: str, *places) -> str:
                      if not line.startswith(("chart:", "table:")) and not any(str(place) in line for place in places))
 
 
-def test_a_run_folder_in_a_missing_bucket_is_refused_with_one_line(storage_emulator, demo_images, prefect_server, tmp_path):
+def test_a_run_folder_in_a_missing_bucket_is_refused_with_one_line(bucket, demo_images, prefect_server, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", demo_images)
-    run = start_run(config, "gs://no-such-bucket/runs/tiny", prefect_server, tmp_path / "run.log")
+    run = start_run(config, f"{bucket.scheme}://no-such-bucket/runs/tiny", prefect_server, tmp_path / "run.log")
     assert run.wait() == 2
     lines = run.output().strip().splitlines()
-    assert lines[-1].startswith("error: gs://no-such-bucket: no such bucket"), lines[-5:]
+    assert lines[-1].startswith(f"error: {bucket.scheme}://no-such-bucket: no such bucket"), lines[-5:]
     assert "Traceback" not in run.output()
 
 
-def test_a_missing_source_object_is_refused_with_one_line(storage_emulator, prefect_server, tmp_path):
-    config = tiny_config(tmp_path / "tiny.yaml", storage_emulator.url("nowhere", "products.csv"))
+def test_a_missing_source_object_is_refused_with_one_line(bucket, prefect_server, tmp_path):
+    config = tiny_config(tmp_path / "tiny.yaml", bucket.url("nowhere", "products.csv"))
     run = start_run(config, tmp_path / "run", prefect_server, tmp_path / "run.log")
     assert run.wait() == 2
     assert run.output().strip().splitlines()[-1] == (
-        "error: gs://pvs-test/nowhere/products.csv: no such object (while reading the source)"
+        f"error: {bucket.scheme}://pvs-test/nowhere/products.csv: no such object (while reading the source)"
     )
