@@ -3,7 +3,9 @@
 import pytest
 
 from phases.errors import ConfigError
-from pipeline.config_files import load_config, parse_overrides, validate
+from pipeline.config_files import load_config
+from pipeline.config_overrides import parse_overrides
+from pipeline.config_validation import validate
 
 SEED = "configs/seed.yaml"
 

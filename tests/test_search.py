@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
+from conftest import tiny_pipeline, write_yaml
 from reliability.test_bad_input import accepted, refused
 from reliability.test_security import model_with_code
 from test_run import pvs_run
@@ -19,17 +19,10 @@ from tfrecords.files import sha256_file
 
 # One Siamese phase of one epoch at 32 px (on its own, it starts from the untrained
 # backbone): the cheapest run with a real embedder.keras; eager, as tiny runs should be.
-TINY_RUN = {
+TINY_RUN = tiny_pipeline("SOURCE", {
     "description": "search test",
-    "data": {"source": "SOURCE", "image_size": 32, "batch_size": 16, "shuffle_buffer": 64},
-    "model": {"weights": "none", "batch_norm_calibration_batches": 2},
-    "phases": [
-        {"name": "siamese", "kind": "siamese", "projection_dim": 16, "labels_per_batch": 6, "views_per_label": 3,
-         "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}]},
-    ],
-    "evaluation": {"batch_size": 64},
-    "runtime": {"seed": 1, "deterministic": True, "eager": True},
-}
+    "phases": [{"name": "siamese", "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}]}],
+}, phases=("siamese",))
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +31,7 @@ def run_dir(ingested, tmp_path_factory) -> Path:
     exactly as the flow leaves it. About 30 s with its temporary Prefect server, so the
     tests using it are marked slow."""
     folder = tmp_path_factory.mktemp("search")
-    config = folder / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY_RUN, "data": {**TINY_RUN["data"], "source": str(ingested)}}))
+    config = write_yaml(folder / "tiny.yaml", {**TINY_RUN, "data": {**TINY_RUN["data"], "source": str(ingested)}})
     pvs_run(config, folder / "run")
     return folder / "run"
 

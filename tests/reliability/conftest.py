@@ -11,40 +11,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, TINY_SHARD
+from conftest import REPO, TINY_SHARD, tiny_pipeline, write_yaml
 
 KILL_HOOK = Path(__file__).parent / "kill_hook"
 TOLERANCE = 1e-5  # scores of a resumed run against the uninterrupted one (deterministic mode)
 SUMMARIES = {"scores.csv", "scores.png", "run.json", "submission.csv"}  # rewritten by every run, by design
 
 
-def tiny_config(path: Path, source: Path, **sections) -> Path:
-    """The whole pipeline on the tiny demo images (ingestion included), two epochs per
-    phase so that a kill can land between epochs; `sections` replace top-level ones."""
-    config = {
-        "description": "reliability suite",
-        "data": {
-            "source": str(source), "image_size": 32, "batch_size": 16, "shuffle_buffer": 64,
-            "ingest": {"shard_size": TINY_SHARD, "val_fraction": 0.2, "test_fraction": 0.2, "workers": 1},
-        },
-        "model": {"weights": "none", "batch_norm_calibration_batches": 2},
-        "phases": [
-            {"name": "top", "kind": "classification", "unfreeze": "none", "learning_rate": 1e-2, "epochs": 2},
-            {"name": "block7a", "kind": "classification", "unfreeze": "from", "unfreeze_from": "block7a",
-             "learning_rate": 1e-3, "epochs": 2},
-            {"name": "full", "kind": "classification", "unfreeze": "all", "learning_rate": 1e-3, "epochs": 2},
-            {"name": "siamese", "kind": "siamese", "projection_dim": 16, "labels_per_batch": 6, "views_per_label": 3,
-             "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1},
-                                 {"margin": 0.75, "learning_rate": 1e-2, "epochs": 1}]},
-        ],
-        "evaluation": {"batch_size": 64},
-        "runtime": {"seed": 1, "deterministic": True, "eager": True},  # no tf.function tracing: ~2x faster at this size
-        **sections,
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+# The whole pipeline (ingestion included) on tiny_pipeline, two epochs per classification
+# phase so that a kill can land between epochs.
+RELIABILITY = {
+    "description": "reliability suite",
+    "data": {"ingest": {"shard_size": TINY_SHARD, "val_fraction": 0.2, "test_fraction": 0.2, "workers": 1}},
+    "phases": [{"name": name, "epochs": 2} for name in ("top", "block7a", "full")],
+}
+
+
+def tiny_config(path: Path, source: Path, *changes: dict, phases: tuple[str, ...] | None = None) -> Path:
+    """The reliability suite's config on the demo images `source`, written to `path`;
+    `changes` and `phases` as tiny_pipeline takes them."""
+    return write_yaml(path, tiny_pipeline(source, RELIABILITY, *changes, phases=phases))
 
 
 @dataclass

@@ -47,11 +47,11 @@ FRESH_FOLDERS = ("HOME", "TMPDIR", "XDG_CACHE_HOME", "PREFECT_HOME", "CWD")
 # from the listing (PYTHONDONTWRITEBYTECODE stops autograph's .pyc files).
 HIDING = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "MPLCONFIGDIR", "KERAS_HOME", "TFHUB_CACHE_DIR",
           "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
-TWO_PHASES = [  # one epoch each: the flow's every kind of step, as quickly as possible
-    {"name": "top", "kind": "classification", "unfreeze": "none", "learning_rate": 1e-2, "epochs": 1},
-    {"name": "siamese", "kind": "siamese", "projection_dim": 8, "labels_per_batch": 4, "views_per_label": 2,
+TWO_PHASES = {"phases": [  # one epoch each: the flow's every kind of step, as quickly as possible
+    {"name": "top", "epochs": 1},
+    {"name": "siamese", "projection_dim": 8, "labels_per_batch": 4, "views_per_label": 2,
      "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}]},
-]
+]}
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def tiny_run(tmp_path_factory, prefect_server) -> TinyRun:
     source = root / "images"
     write_demo_data(source, DemoOptions(products=12, shots=4, categories=2, image_size=32, seed=0))
     (root / "config").mkdir()
-    config = tiny_config(root / "config" / "tiny.yaml", source, phases=TWO_PHASES)
+    config = tiny_config(root / "config" / "tiny.yaml", source, TWO_PHASES, phases=("top", "siamese"))
     folders = {name: root / name.lower() for name in FRESH_FOLDERS}
     for folder in folders.values():
         folder.mkdir()

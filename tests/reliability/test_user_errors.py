@@ -20,7 +20,8 @@ import yaml
 from conftest import REPO, write_image
 
 from pipeline.cli import main
-from pipeline.config_files import load_config, parse_overrides
+from pipeline.config_files import load_config
+from pipeline.config_overrides import parse_overrides
 from pipeline.run_root import RunRootError, check_run_folder, claim_run_root
 from reliability.test_bad_input import accepted, demo_config, refused, snapshot
 from tfrecords.embeddings import EmbeddingWriter
