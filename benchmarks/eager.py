@@ -29,7 +29,7 @@ def one_phase(data_dir: str, image_size: int, eager: bool, epochs: int) -> dict:
     """In this (fresh) process: the `full` phase from a new model; its wall and CPU seconds."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
-    from phases.classification import run_classification_phase
+    from phases.controller import run_phase
     from phases.unit import PhaseContext
     from pipeline.config_files import load_config
     from pipeline.runtime import configure_runtime
@@ -40,7 +40,7 @@ def one_phase(data_dir: str, image_size: int, eager: bool, epochs: int) -> dict:
     configure_runtime(config)
     with tempfile.TemporaryDirectory() as work:
         started, cpu = time.perf_counter(), time.process_time()
-        run_classification_phase(config.phase("full"), config, PhaseContext(data_dir=Path(data_dir), work_dir=Path(work)))
+        run_phase(config.phase("full"), config, PhaseContext(data_dir=Path(data_dir), work_dir=Path(work)))
         return {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu}
 
 

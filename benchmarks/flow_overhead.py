@@ -4,7 +4,7 @@
     run folder and PREFECT_HOME, no PREFECT_API_URL (so its own temporary Prefect server).
 (B) this file with `--plain RUN_DIR`: the same config, then the functions the flow's tasks
     call (pipeline/tasks.py), in the flow's order: `ingest`, `baseline_row`, each phase's
-    runner, `embed_shard` per shard of the final split and `merge`. No Prefect, no cache keys,
+    `run_phase`, `embed_shard` per shard of the final split and `merge`. No Prefect, no cache keys,
     no records or their sha256 checks, no TensorBoard, chart, artifacts or search sheet.
 Both run as subprocesses (each pays Python's and TensorFlow's start-up) on the same demo
 images, generated once as `make demo` does, alternated A B A B ... after one untimed import
@@ -60,20 +60,17 @@ def plain_run(config_path: Path, overrides: list[str], run_dir: Path) -> None:
     """(B), in this process: the flow's work without Prefect; writes RUN_DIR/plain.json
     (score rows as scores.csv has them, final scores, submission sha256, step times)."""
     import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads)
-    from phases.classification import baseline_row, run_classification_phase
-    from phases.end_to_end import run_end_to_end_phase
+    from phases.controller import run_phase
     from phases.extraction import embed_shard, final_shards, merge
-    from phases.siamese import run_siamese_phase
+    from phases.starting import baseline_row
     from phases.unit import PhaseContext
-    from pipeline.config_files import load_config, parse_overrides
+    from pipeline.config_files import load_config
+    from pipeline.config_overrides import parse_overrides
     from pipeline.runtime import configure_runtime
     from pipeline.scores import phase_rows
     from tfrecords.files import sha256_file
     from tfrecords.ingest import ingest
 
-    # pipeline.tasks.RUNNERS, which cannot be imported without Prefect.
-    runners = {"classification": run_classification_phase, "siamese": run_siamese_phase,
-               "end_to_end": run_end_to_end_phase}
     steps: dict[str, list[float]] = {}
 
     @contextlib.contextmanager
@@ -94,7 +91,7 @@ def plain_run(config_path: Path, overrides: list[str], run_dir: Path) -> None:
         with step(phase.name):
             work_dir = run_dir / "phases" / f"{number:02d}-{phase.name}"
             work_dir.mkdir(parents=True, exist_ok=True)
-            result = runners[phase.kind](phase, config, PhaseContext(data_dir=data_dir, work_dir=work_dir), previous)
+            result = run_phase(phase, config, PhaseContext(data_dir=data_dir, work_dir=work_dir), previous)
         rows += phase_rows({"rows": result.rows, "final_scores": result.final_scores}, config.evaluation.final_split)
         previous = (result.model_path, result.model_sha256)
         # flows.final_model: a classifier's embedder, else the phase's model

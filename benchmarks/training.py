@@ -8,7 +8,7 @@ Phase 4, one epoch of the projection (Dense + L2 normalisation, the phase's
 triplet loss, Adam) on batches from LabelBalancedBatches over the six views of
 every train image, the same rows in the same batches in both variants:
   (a) cached: the rows are the backbone's 1280-d features from cache_features,
-      as run_siamese_phase trains;
+      as the siamese trainer trains;
   (b) through the backbone: the rows are the prepared view images (the stream
       cache_features reads, held in memory, not timed) and the model is the
       frozen backbone followed by the projection, as an epoch would be without
@@ -22,7 +22,7 @@ every train image, the same rows in the same batches in both variants:
 Phase 3, one epoch of the classifier (initial_classifier: build_backbone, its
 BatchNormalization calibration, the head; set_trainable with the `full` phase's
 `unfreeze: all`; compiled as phases/classification.py does):
-  (a) fed by the reader: _training_batches, the phase's own per-epoch pipeline
+  (a) fed by the reader: training_batches, the phase's own per-epoch pipeline
       (read_images with the phase's augment, shuffle and batch, mapped to
       (image, label)), built inside the timing as the phase builds it each epoch;
   (b) fed from memory: one pass of (a) materialised to NumPy (not timed), then
@@ -53,13 +53,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from phases.classification import _training_batches, class_labels, initial_classifier  # noqa: E402
+from phases.classification import training_batches  # noqa: E402
 from phases.config import PipelineConfig  # noqa: E402
 from phases.losses import make_loss  # noqa: E402
 from phases.model import backbone_of, build_embedder, build_projection, set_trainable  # noqa: E402
 from phases.siamese import LabelBalancedBatches, cache_features, train_labels  # noqa: E402
+from phases.starting import class_labels, initial_classifier  # noqa: E402
 from phases.unit import epoch_seed  # noqa: E402
-from pipeline.config_files import load_config, parse_overrides  # noqa: E402
+from pipeline.config_files import load_config  # noqa: E402
+from pipeline.config_overrides import parse_overrides  # noqa: E402
 from pipeline.runtime import configure_runtime  # noqa: E402
 from tfrecords.demo_data import DemoOptions, write_demo_data  # noqa: E402
 from tfrecords.embeddings import load_embeddings  # noqa: E402
@@ -120,7 +122,7 @@ def phase_4(config: PipelineConfig, data_dir: Path, work_dir: Path, repeats: int
     """Cached features against the backbone: (cache seconds, cache CPU seconds, views, best epochs)."""
     phase = config.phase("siamese")
     _, classes = class_labels(config, read_manifest(data_dir, ImageManifest))
-    backbone = backbone_of(initial_classifier(config, data_dir, classes))  # as run_siamese_phase starts
+    backbone = backbone_of(initial_classifier(config, data_dir, classes))  # as the siamese trainer starts
     wall, cpu = time.perf_counter(), time.process_time()
     features = cache_features(backbone, "benchmark", config, data_dir, work_dir / "features")
     train = load_embeddings(features, "train")
@@ -176,20 +178,20 @@ def phase_3(config: PipelineConfig, data_dir: Path, repeats: int):
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
     )
-    prepared = list(_training_batches(phase, config, data_dir, labels_of, 0).as_numpy_iterator())
+    prepared = list(training_batches(phase, config, data_dir, labels_of, 0).as_numpy_iterator())
     images = np.concatenate([images for images, _ in prepared])
     labels = np.concatenate([labels for _, labels in prepared])
     in_memory = tf.data.Dataset.from_tensor_slices((images, labels)).batch(config.data.batch_size)
 
     def from_reader(repeat: int) -> int:
-        fit_one_epoch(model, _training_batches(phase, config, data_dir, labels_of, repeat + 1))
+        fit_one_epoch(model, training_batches(phase, config, data_dir, labels_of, repeat + 1))
         return len(images)
 
     def from_memory(repeat: int) -> int:
         fit_one_epoch(model, in_memory)
         return len(images)
 
-    return best_epochs({"(a) reader (_training_batches)": from_reader, "(b) in-memory tensors": from_memory}, repeats)
+    return best_epochs({"(a) reader (training_batches)": from_reader, "(b) in-memory tensors": from_memory}, repeats)
 
 
 def main() -> None:

@@ -6,6 +6,10 @@ states of layers such as Dropout (Keras does not save them, and a resumed run
 must draw the same dropout masks) and whatever the phase needs to continue (its
 score rows). The JSON is written last: it is the mark of a complete checkpoint,
 and a checkpoint whose model does not match its sha256 is ignored.
+
+A checkpoint inside an epoch (`runtime.checkpoint_every`) is `epoch-NNNN-step-SSSSSSSS`:
+epoch NNNN (0-based) unfinished, SSSSSSSS of its batches trained. Names sort in the order
+they were written ("-step-" sorts before ".json"), so the newest is the last.
 """
 
 import json
@@ -29,9 +33,23 @@ KEEP = 2  # checkpoints kept per phase: the last, and one in case the last is da
 
 @dataclass
 class Checkpoint:
+    """A checkpoint read back. `epoch` (0-based) is the last finished epoch, or with `step`
+    the epoch it was saved inside, after `step` of its batches."""
+
     model: keras.Model
-    epoch: int  # the last finished epoch (0-based)
+    epoch: int
     state: dict
+    step: int | None = None
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch training continues with (0-based); also the number of finished epochs."""
+        return self.epoch if self.step is not None else self.epoch + 1
+
+    @property
+    def batches_done(self) -> int:
+        """Batches of `next_epoch` already trained, to skip."""
+        return self.step or 0
 
 
 def save_model(model: keras.Model, path: Path) -> str:
@@ -105,15 +123,19 @@ def _layers(model: keras.Model):
             yield from _layers(layer)
 
 
-def save_checkpoint(folder: Path, epoch: int, model: keras.Model, state: dict) -> Path:
-    """Write the checkpoint of a finished epoch, then drop all but the last KEEP."""
-    model_path = folder / f"epoch-{epoch:04d}.keras"
+def save_checkpoint(folder: Path, epoch: int, model: keras.Model, state: dict, step: int | None = None) -> Path:
+    """Write the checkpoint of a finished epoch (or, with `step`, of epoch `epoch` after
+    `step` of its batches), then drop all but the last KEEP."""
+    stem = f"epoch-{epoch:04d}" if step is None else f"epoch-{epoch:04d}-step-{step:08d}"
+    model_path = folder / f"{stem}.keras"
     digest = save_model(model, model_path)
     record = {"epoch": epoch, "model": model_path.name, "sha256": digest, "random": random_states(model), **state}
-    state_path = folder / f"epoch-{epoch:04d}.json"
+    if step is not None:
+        record["step"] = step
+    state_path = folder / f"{stem}.json"
     write_text_atomic(state_path, json.dumps(record, indent=1))
     for old in sorted(folder.glob("epoch-*.json"))[:-KEEP]:
-        (folder / old.name.replace(".json", ".keras")).unlink(missing_ok=True)
+        old.with_name(f"{old.stem}.keras").unlink(missing_ok=True)
         old.unlink()
     return state_path
 
@@ -130,5 +152,5 @@ def latest_checkpoint(folder: Path) -> Checkpoint | None:
             continue
         model = load_model(model_path)
         restore_random_states(model, state.get("random", {}))
-        return Checkpoint(model=model, epoch=state["epoch"], state=state)
+        return Checkpoint(model=model, epoch=state["epoch"], state=state, step=state.get("step"))
     return None

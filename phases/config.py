@@ -6,23 +6,28 @@ an error naming the field rather than a silently ignored setting. YAML loading a
 `--set` overrides live in `pipeline/`; phases only receive validated objects.
 """
 
-from typing import Annotated, Literal
+import re
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from phases.architectures import ARCHITECTURES, LAYER_GROUPS, starts_a_layer
+from phases.kinds import phase_kinds, phase_union
+from phases.phase_config import (  # noqa: F401 (the phase sections, importable from here with the rest)
+    DISTANCE_METRICS,
+    ClassificationPhase,
+    EndToEndPhase,
+    MarginStep,
+    MetricLearning,
+    SiamesePhase,
+    Section,
+)
 from tfrecords.options import IngestOptions
 
 # `model.weights` values that name weights rather than a file: ImageNet's, or none (random initialisation).
 IMAGENET_WEIGHTS = "imagenet"
 NO_WEIGHTS = "none"
 NAMED_WEIGHTS = (IMAGENET_WEIGHTS, NO_WEIGHTS)
-# The distances the metric-learning losses and `triplet_accuracy` take: ||a - b||, ||a - b||^2, 1 - cosine(a, b).
-DISTANCE_METRICS = ("L2", "squared-L2", "angular")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class DataConfig(Section):
@@ -93,127 +98,6 @@ class ModelConfig(Section):
     classify: Literal["auto", "category", "product"] = "auto"
 
 
-class ClassificationPhase(Section):
-    """A phase training the classification head, and the backbone from a given layer on."""
-
-    kind: Literal["classification"] = "classification"
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    # `none`: backbone frozen (head only); `from`: every non-BatchNormalization layer
-    # from the first one whose name starts with `unfreeze_from`; `all`: every
-    # non-BatchNormalization layer. Backbone BatchNormalization always stays frozen.
-    unfreeze: Literal["none", "from", "all"]
-    unfreeze_from: str | None = None
-    learning_rate: PositiveFloat  # Adam
-    epochs: PositiveInt
-    # Six-way augmentation: `random` picks one of the six views per image and epoch;
-    # `all` trains on all six (an epoch is then 6x longer); `none` turns it off.
-    augment: Literal["none", "random", "all"] = "random"
-
-    @model_validator(mode="after")
-    def _prefix_given_when_needed(self):
-        _check_unfreeze(self)
-        return self
-
-
-def _check_unfreeze(phase) -> None:
-    if (phase.unfreeze == "from") != (phase.unfreeze_from is not None):
-        raise ValueError(
-            f"phase {phase.name!r}: unfreeze_from is needed with unfreeze: from, and only then "
-            f"(got unfreeze: {phase.unfreeze}, unfreeze_from: {phase.unfreeze_from!r})"
-        )
-
-
-class MarginStep(Section):
-    """One step of the siamese phase's schedule: this margin and rate for these epochs."""
-
-    margin: PositiveFloat  # triplet margin, in units of the distance metric
-    learning_rate: PositiveFloat
-    epochs: PositiveInt
-
-
-class MultiSimilarityOptions(Section):
-    """Multi-similarity loss (Wang et al. 2019); its mining margin is the schedule's margin."""
-
-    alpha: PositiveFloat = 2.0  # weight of positive pairs' similarity
-    beta: PositiveFloat = 50.0  # weight of negative pairs' similarity
-    threshold: float = Field(0.5, gt=-1, lt=1)  # the similarity that separates pulling from pushing (lambda)
-
-
-class MetricLearning(Section):
-    """What the two embedding phases share: the head, the loss, its schedule, the batches."""
-
-    # The embedding head: `dense` (Dense(projection_dim) then L2 normalisation, the seed's
-    # projection) or `mildnet` (Dense(hidden_dim, relu), Dropout(head_dropout),
-    # Dense(projection_dim), L2 normalisation, as MILDNet's).
-    head: Literal["dense", "mildnet"] = "dense"
-    projection_dim: PositiveInt = 512
-    hidden_dim: PositiveInt = 1024
-    head_dropout: float = Field(0.5, ge=0, lt=1)
-    # What shares a label: `view` (the augmented views of one source image, as in the
-    # seed) or `product` (every view of every image of one product).
-    labels: Literal["view", "product"] = "view"
-    loss: Literal["triplet_semihard", "triplet_hard", "contrastive", "multi_similarity"] = "triplet_semihard"
-    # Distances of the triplet and contrastive losses; multi-similarity works on cosine
-    # similarity, so it takes `angular` only.
-    distance_metric: Literal[DISTANCE_METRICS] = "angular"
-    multi_similarity: MultiSimilarityOptions = MultiSimilarityOptions()
-    margin_schedule: list[MarginStep] = Field(min_length=1)
-    # Batches hold `labels_per_batch` labels x `views_per_label` members each, so
-    # every anchor has positives (a random batch of a million images has almost none).
-    labels_per_batch: int = Field(16, ge=2)
-    views_per_label: int = Field(4, ge=2)
-
-    @property
-    def epochs(self) -> int:
-        return sum(step.epochs for step in self.margin_schedule)
-
-    def step(self, epoch: int) -> MarginStep:
-        """The margin-schedule step that `epoch` (0-based, over the whole phase) belongs to."""
-        end = 0
-        for step in self.margin_schedule:
-            end += step.epochs
-            if epoch < end:
-                return step
-        raise ValueError(f"phase {self.name!r} has {self.epochs} epochs; there is no epoch {epoch + 1}")
-
-    @model_validator(mode="after")
-    def _loss_fits_the_metric(self):
-        if self.loss == "multi_similarity" and self.distance_metric != "angular":
-            raise ValueError(
-                f"phase {self.name!r}: multi_similarity works on cosine similarity; set distance_metric: angular "
-                f"(got {self.distance_metric})"
-            )
-        return self
-
-
-class SiamesePhase(MetricLearning):
-    """A projection trained on cached backbone features with a metric loss (the seed's phase 4)."""
-
-    kind: Literal["siamese"] = "siamese"
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-
-
-class EndToEndPhase(MetricLearning):
-    """The backbone and an embedding head trained together on images with a metric loss
-    (MILDNet's training). Each batch holds `labels_per_batch` images x `views_per_label`
-    of their six augmented views; with `labels: product`, views of two images of one
-    product in a batch share a label too."""
-
-    kind: Literal["end_to_end"] = "end_to_end"
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    unfreeze: Literal["none", "from", "all"] = "all"
-    unfreeze_from: str | None = None
-    views_per_label: int = Field(2, ge=2, le=6)
-
-    @model_validator(mode="after")
-    def _prefix_given_when_needed(self):
-        _check_unfreeze(self)
-        return self
-
-
-Phase = Annotated[ClassificationPhase | SiamesePhase | EndToEndPhase, Field(discriminator="kind")]
-
-
 class EvaluationConfig(Section):
     # Split scored after every epoch (`val`: its query set against its index set).
     split: Literal["val", "test"] = "val"
@@ -260,6 +144,29 @@ class RuntimeConfig(Section):
     # forces it (faster steps on GPUs, after a longer first compilation); `false` turns it
     # off. TPUs compile every step with XLA whatever it says.
     jit_compile: bool | Literal["auto"] = "auto"
+    # Checkpoints inside an epoch, besides the one at its end: `10 minutes` (of training),
+    # `500 steps`, or `never`. A phase killed mid-epoch resumes at the batch after its last
+    # one (each epoch's data order is seeded, so the resumed epoch skips exactly the batches
+    # done, reading but not training them) and, with `deterministic`, ends with the weights
+    # and scores of an uninterrupted run. Each costs one save of the model with its optimizer
+    # (BENCHMARKS.md, "In-epoch checkpoints"). How often, not what: no part of any cache key.
+    checkpoint_every: str = "10 minutes"
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _interval_readable(cls, text: str) -> str:
+        checkpoint_interval(text)
+        return " ".join(text.split())
+
+    @property
+    def checkpoint_steps(self) -> int | None:
+        """Batches between in-epoch checkpoints (None: by time, or never)."""
+        return checkpoint_interval(self.checkpoint_every)[0]
+
+    @property
+    def checkpoint_seconds(self) -> float | None:
+        """Seconds of training between in-epoch checkpoints (None: by steps, or never)."""
+        return checkpoint_interval(self.checkpoint_every)[1]
 
     @model_validator(mode="after")
     def _settings_fit_together(self):
@@ -280,6 +187,21 @@ class RuntimeConfig(Section):
                 "with strategy: tpu"
             )
         return self
+
+
+def checkpoint_interval(text: str) -> tuple[int | None, float | None]:
+    """`runtime.checkpoint_every` read: (steps, None), (None, seconds) or (None, None) for never."""
+    if text.strip() == "never":
+        return None, None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(steps?|minutes?|min|seconds?|s)\s*", text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is no interval; write e.g. '10 minutes', '90 seconds', '500 steps' or 'never'")
+    number, unit = match.groups()
+    if unit.startswith("step"):
+        if not number.isdigit():
+            raise ValueError(f"{text!r}: steps are whole batches; write e.g. '500 steps'")
+        return int(number), None
+    return None, float(number) * (60 if unit.startswith("min") else 1)
 
 
 class StorageConfig(Section):
@@ -315,7 +237,7 @@ class PipelineConfig(Section):
     description: str = ""
     data: DataConfig
     model: ModelConfig = ModelConfig()
-    phases: list[Phase] = Field(min_length=1)
+    phases: list["Phase"] = Field(min_length=1)  # any registered kind (phases/kinds.py), told apart by `kind`
     evaluation: EvaluationConfig = EvaluationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     storage: StorageConfig = StorageConfig()
@@ -328,11 +250,10 @@ class PipelineConfig(Section):
             raise ValueError(f"phase names must be unique; repeated: {', '.join(repeated)}")
         if "baseline" in names:
             raise ValueError("'baseline' is the name of the row scored before any phase; rename that phase")
-        embedding = [number for number, phase in enumerate(self.phases) if phase.kind != "classification"]
+        embedding = [number for number, phase in enumerate(self.phases) if phase_kinds()[phase.kind].trains_the_embedding]
         if embedding and embedding != [len(self.phases) - 1]:
-            raise ValueError(
-                "a siamese or end_to_end phase trains the final embedding: keep one, as the last phase"
-            )
+            kinds = " or ".join(name for name, kind in phase_kinds().items() if kind.trains_the_embedding)
+            raise ValueError(f"a {kinds} phase trains the final embedding: keep one, as the last phase")
         groups = LAYER_GROUPS[self.model.architecture]
         for phase in self.phases:
             prefix = getattr(phase, "unfreeze_from", None)
@@ -349,6 +270,10 @@ class PipelineConfig(Section):
             )
         return self
 
-    def phase(self, name: str) -> ClassificationPhase | SiamesePhase | EndToEndPhase:
+    def phase(self, name: str) -> Section:
         return next(phase for phase in self.phases if phase.name == name)
 
+
+# The phase union is resolved last: a kind registered by another package is loaded here, and
+# its trainer's module may import this one, which must be complete but for this field by then.
+PipelineConfig.model_rebuild(_types_namespace={"Phase": phase_union()})

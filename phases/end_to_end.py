@@ -4,44 +4,28 @@ metric loss, as MILDNet trained its network (instead of the seed's phase 4 on ca
 Each batch holds `labels_per_batch` train images x `views_per_label` of their six views;
 labels are the source image (`labels: view`) or its product (`labels: product`). The
 model is the embedder itself (images -> unit vectors), so its final model serves the
-extraction directly. Resume order as in every phase: this phase's checkpoint, then the
-previous phase's model (its backbone gets a new head), then a new backbone. Under a
-tf.distribute strategy, as in classification.py: model and optimizer in its scope, each
-replica's loss mined on its share of the batch (`labels_per_batch` should be a multiple
-of the replica count, so that no image's views are split), scoring outside it, and only
-the chief writes and reports.
+extraction directly. Resume order as in every phase (`phases/controller.py`): this phase's
+checkpoint, then the previous phase's model (its backbone gets a new head), then a new
+backbone. Under a tf.distribute strategy each replica's loss is mined on its share of the
+batch (`labels_per_batch` should be a multiple of the replica count, so that no image's
+views are split).
 """
 
-import time
 from functools import partial
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from phases.checkpoints import latest_checkpoint, load_model
-from phases.classification import class_labels, finish_phase, initial_classifier, score_split
-from phases.config import EndToEndPhase, PipelineConfig
-from phases.distribute import (
-    alike_every_iteration,
-    is_chief,
-    local_model,
-    prepare,
-    several_workers,
-    synchronize_batch_norm,
-)
+from phases.checkpoints import load_model
+from phases.controller import Trainer
+from phases.distribute import alike_every_iteration, several_workers
 from phases.errors import ConfigError
-from phases.losses import apply_schedule_step, compile_for_schedule
+from phases.losses import compile_for_schedule, schedule_plan
 from phases.model import backbone_of, build_embedder, build_projection, set_trainable
-from phases.unit import (
-    EMBEDDER_FILE,
-    PhaseContext,
-    PhaseResult,
-    check_loss,
-    end_epoch,
-    epoch_seed,
-    seed_model_randomness,
-)
+from phases.scoring import score_split
+from phases.starting import class_labels, initial_classifier
+from phases.unit import EpochPlan, epoch_seed, seed_model_randomness
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_view_groups
@@ -51,74 +35,55 @@ from tfrecords.reader import read_view_groups
 VIEW_LABEL_BUCKETS = 2**62
 
 
-def run_end_to_end_phase(
-    phase: EndToEndPhase,
-    config: PipelineConfig,
-    context: PhaseContext,
-    previous: tuple[Path, str] | None = None,
-) -> PhaseResult:
-    """Train the embedder; its final model is `embedder.keras` in the work folder."""
-    strategy = prepare(config.runtime)
-    chief = is_chief(strategy)
-    manifest = read_manifest(context.data_dir, ImageManifest)
-    verify_shards(context.data_dir, manifest.shards)  # once per phase; epochs read unverified
-    if manifest.counts.get("train", 0) < phase.labels_per_batch:
-        raise ConfigError(
-            f"phase {phase.name!r}: a batch needs labels_per_batch = {phase.labels_per_batch} train images, "
-            f"the data has {manifest.counts.get('train', 0)}; lower labels_per_batch"
-        )
-    checkpoints = context.work_dir / "checkpoints"
-    with strategy.scope():  # the model's and the optimizer's variables
-        checkpoint = latest_checkpoint(checkpoints)
-        if checkpoint is not None:
-            model, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
-            set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
+class EndToEndTrainer(Trainer):
+    """The trainer of kind `end_to_end`; its final model is `embedder.keras`."""
+
+    def prepare(self, is_chief: bool) -> None:
+        self.manifest = read_manifest(self.context.data_dir, ImageManifest)
+        verify_shards(self.context.data_dir, self.manifest.shards)  # once per phase; epochs read unverified
+        train = self.manifest.counts.get("train", 0)
+        if train < self.phase.labels_per_batch:
+            raise ConfigError(
+                f"phase {self.phase.name!r}: a batch needs labels_per_batch = {self.phase.labels_per_batch} train images, "
+                f"the data has {train}; lower labels_per_batch"
+            )
+
+    def new_model(self) -> keras.Model:
+        """The previous phase's backbone (or a new one) with a new embedding head, compiled."""
+        phase, config = self.phase, self.config
+        if self.previous is not None:
+            # Seeded here, as in every phase that loads its start: see classification.py.
+            seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
+            backbone = backbone_of(load_model(self.previous[0], self.previous[1], compile=False))
         else:
-            model = _initial_embedder(phase, config, context.data_dir, manifest, previous)
-            compile_for_schedule(model, phase, config.runtime.jit_compile)
-            start, rows = 0, []
-        synchronize_batch_norm(model, strategy)
-    scorer = local_model(model)  # predicts on this process's device, every row in order
-    for epoch in range(start, phase.epochs):
-        step = apply_schedule_step(model, phase, epoch)
-        started = time.perf_counter()
-        history = model.fit(
-            alike_every_iteration(
-                partial(_training_batches, phase, config, context.data_dir, epoch, several_workers(strategy)), strategy
-            ),
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            verbose=0,
-            shuffle=False,  # the data is shuffled by tf.data with this epoch's seed
-            callbacks=[keras.callbacks.TerminateOnNaN(), *context.callbacks],
+            _, classes = class_labels(config, self.manifest)
+            backbone = backbone_of(initial_classifier(config, self.context.data_dir, classes))
+            seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
+        head = build_projection(backbone.output_shape[-1], phase.projection_dim, phase.head, phase.hidden_dim,
+                                phase.head_dropout)
+        model = build_embedder(backbone, head)
+        set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
+        compile_for_schedule(model, phase, config.runtime.jit_compile)
+        return model
+
+    def resumed_model(self, model: keras.Model) -> keras.Model:
+        set_trainable(model, self.phase, self.config.model.freeze_batch_norm, self.config.model.architecture)
+        return model
+
+    def plan_epoch(self, model: keras.Model, epoch: int) -> EpochPlan:
+        return schedule_plan(model, self.phase, epoch)
+
+    def batches(self, epoch: int, strategy):
+        return alike_every_iteration(
+            partial(training_batches, self.phase, self.config, self.context.data_dir, epoch, several_workers(strategy)),
+            strategy,
         )
-        loss = history.history["loss"][-1]
-        check_loss(phase.name, epoch, loss, f"Lower this epoch's learning rate ({step.learning_rate}) and run again.")
-        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin,
-               "learning_rate": step.learning_rate, "train_seconds": round(time.perf_counter() - started, 3)}
-        row.update(score_split(scorer, config, context.data_dir, config.evaluation.split, None, verify=False))
-        end_epoch(context, checkpoints, epoch, model, rows, row, chief)
-    return finish_phase(phase.name, config, context, model, EMBEDDER_FILE, (scorer, None), rows, checkpoint, chief)
+
+    def score(self, scorer: keras.Model, group: str) -> dict:
+        return score_split(scorer, self.config, self.context.data_dir, group, None, verify=False)
 
 
-def _initial_embedder(phase: EndToEndPhase, config: PipelineConfig, data_dir: Path, manifest, previous) -> keras.Model:
-    """The previous phase's backbone (or a new one) with a new embedding head."""
-    if previous is not None:
-        # Seeded here, as in every phase that loads its start: see classification.py.
-        seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
-        backbone = backbone_of(load_model(previous[0], previous[1], compile=False))
-    else:
-        _, classes = class_labels(config, manifest)
-        backbone = backbone_of(initial_classifier(config, data_dir, classes))
-        seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
-    head = build_projection(backbone.output_shape[-1], phase.projection_dim, phase.head, phase.hidden_dim, phase.head_dropout)
-    model = build_embedder(backbone, head)
-    set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
-    return model
-
-
-def _training_batches(phase: EndToEndPhase, config: PipelineConfig, data_dir: Path, epoch: int,
-                      several_workers: bool = False) -> tf.data.Dataset:
+def training_batches(phase, config, data_dir: Path, epoch: int, several_workers: bool = False) -> tf.data.Dataset:
     """This epoch's view groups; read deterministically under several workers (each keeps its share)."""
     options = ReadOptions(
         image_size=config.data.image_size,

@@ -10,7 +10,7 @@ np.asarray takes) are accepted as inputs.
 
 import numpy as np
 
-from phases.config import DISTANCE_METRICS
+from phases.phase_config import DISTANCE_METRICS
 from phases.errors import MetricInputError
 from phases.exact_search import (
     DEFAULT_BLOCK_BYTES,

@@ -96,3 +96,19 @@ def accuracy(splits: list[SplitEmbeddings], labels_of: str) -> float | None:
     labels = np.concatenate([getattr(split, labels_of) for split in splits])
     predicted = np.concatenate([split.probabilities.argmax(axis=1) for split in splits])
     return float(np.mean(predicted == labels))
+
+
+def score_split(scorer: keras.Model, config, data_dir: Path, group: str, labels_of: str | None, verify: bool = True) -> dict:
+    """Scores of `group` (val or test) for a scorer (images -> features, or -> [features,
+    probabilities]): retrieval and triplet accuracy with the features, plus classification
+    accuracy when the labels are categories (val and test products are never train products).
+    `config`: the PipelineConfig (its image size and evaluation settings)."""
+    size, batch = config.data.image_size, config.evaluation.batch_size
+    query = embed_split(scorer, data_dir, f"{group}_query", size, batch, verify)
+    index = embed_split(scorer, data_dir, f"{group}_index", size, batch, verify)
+    scores = embedding_scores(
+        query.vectors, query.product_ids, index.vectors, index.product_ids, config.evaluation.triplet_sample
+    )
+    if labels_of == "category_id":
+        scores = {f"{group}_accuracy": accuracy([query, index], "category_ids"), **scores}
+    return scores

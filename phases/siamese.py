@@ -9,11 +9,11 @@ through EfficientNet. The train features are read back memory-mapped
 projection, Dense then L2 normalisation, trains on batches of `labels_per_batch`
 labels x `views_per_label` members, following the margin schedule: each step sets
 the loss margin and the learning rate for its epochs. Resume order as in every
-phase: this phase's checkpoint, then the previous phase's model, then a new
-backbone.
+phase (`phases/controller.py`): this phase's checkpoint, then the previous phase's model,
+then a new backbone.
 
-Under a tf.distribute strategy only the projection is distributed: it and its optimizer
-are made in the strategy's scope, and Keras splits each batch of `LabelBalancedBatches`
+Under a tf.distribute strategy only the projection is distributed (`phases/controller.py`:
+it and its optimizer are made in the strategy's scope), and Keras splits each batch of `LabelBalancedBatches`
 across the replicas (its rows are grouped by label, so with `labels_per_batch` a
 multiple of the replica count each replica gets whole labels, and mines its triplets
 among them). The backbone caches features and the projection is scored outside it, on
@@ -24,28 +24,19 @@ work folder and reports; the other workers cache features in a temporary folder.
 import math
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from phases.checkpoints import latest_checkpoint, load_model, save_model
-from phases.classification import class_labels, initial_classifier
-from phases.config import PipelineConfig, SiamesePhase
-from phases.distribute import is_chief, local_model, prepare
-from phases.losses import apply_schedule_step, compile_for_schedule
+from phases.checkpoints import load_model
+from phases.controller import Trainer
+from phases.config import PipelineConfig
+from phases.losses import compile_for_schedule, schedule_plan
 from phases.model import build_embedder, build_projection, features_of
 from phases.scoring import embed_split, embedding_scores
-from phases.unit import (
-    EMBEDDER_FILE,
-    PhaseContext,
-    PhaseResult,
-    check_loss,
-    end_epoch,
-    epoch_seed,
-    seed_model_randomness,
-)
+from phases.starting import class_labels, initial_classifier
+from phases.unit import EMBEDDER_FILE, EpochPlan, FinalModels, epoch_seed, seed_model_randomness
 from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
 from tfrecords.errors import ManifestError
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
@@ -136,90 +127,58 @@ def project_scores(
     )
 
 
-def run_siamese_phase(
-    phase: SiamesePhase,
-    config: PipelineConfig,
-    context: PhaseContext,
-    previous: tuple[Path, str] | None = None,
-) -> PhaseResult:
-    """Train the projection; the final models are `projection.keras` and `embedder.keras`."""
-    strategy = prepare(config.runtime)
-    chief = is_chief(strategy)
-    # A worker that is not the chief caches its features in a folder of its own, deleted at the end.
-    scratch = None if chief else Path(tempfile.mkdtemp(prefix="pvs-worker-features-"))
-    try:
-        return _train_projection(phase, config, context, previous, strategy, chief, scratch)
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+class SiameseTrainer(Trainer):
+    """The trainer of kind `siamese`. Its final models are `projection.keras` (the projection
+    alone) and `embedder.keras` (the features of the model before, then the projection)."""
 
-
-def _train_projection(phase, config, context, previous, strategy, chief: bool, scratch: Path | None) -> PhaseResult:
-    # The features of the model before (`model.features`: its head's BatchNormalization output
-    # by default, as the seed), which the projection trains on and the embedder starts with.
-    if previous is not None:
-        classifier, backbone_sha256 = load_model(previous[0], previous[1], compile=False), previous[1]
-    else:
-        _, classes = class_labels(config, read_manifest(context.data_dir, ImageManifest))
-        classifier = initial_classifier(config, context.data_dir, classes)
-        backbone_sha256 = f"initial:{config.model.model_dump_json()}:{config.runtime.seed}"
-    backbone = features_of(classifier, config.model.features)
-    backbone_sha256 = f"{backbone_sha256}:{config.model.features}"
-    features_dir = context.work_dir / "features" if scratch is None else scratch / "features"
-    features = cache_features(backbone, backbone_sha256, config, context.data_dir, features_dir)
-    train = load_embeddings(features, "train", mapped_in=features)  # memory-mapped: 40 GB at eProduct scale
-    labels = train_labels(train, phase.labels)
-    evaluation = load_group(features, config.evaluation.split)
-    checkpoints = context.work_dir / "checkpoints"
-    with strategy.scope():  # the projection's and the optimizer's variables
-        checkpoint = latest_checkpoint(checkpoints)
-        if checkpoint is not None:
-            projection, start, rows = checkpoint.model, checkpoint.epoch + 1, checkpoint.state["rows"]
+    def prepare(self, is_chief: bool) -> None:
+        config, context = self.config, self.context
+        # A worker that is not the chief caches its features in a folder of its own, deleted at the end.
+        self.scratch = None if is_chief else Path(tempfile.mkdtemp(prefix="pvs-worker-features-"))
+        # The features of the model before (`model.features`: its head's BatchNormalization output
+        # by default, as the seed), which the projection trains on and the embedder starts with.
+        if self.previous is not None:
+            classifier, backbone_sha256 = load_model(self.previous[0], self.previous[1], compile=False), self.previous[1]
         else:
-            # Seeded here: the projection's initial weights must not depend on what ran
-            # before in this process (a run that reused phases 1-3 draws the same ones).
-            seed_model_randomness(epoch_seed(config.runtime.seed, phase.name, -1))
-            projection = build_projection(train.vectors.shape[1], phase.projection_dim, phase.head, phase.hidden_dim, phase.head_dropout)
-            compile_for_schedule(projection, phase, config.runtime.jit_compile)
-            start, rows = 0, []
-    scorer = local_model(projection)  # predicts on this process's device, every row in order
-    for epoch in range(start, phase.epochs):
-        step = apply_schedule_step(projection, phase, epoch)
-        batches = LabelBalancedBatches(
-            train.vectors, labels, phase.labels_per_batch, phase.views_per_label, epoch_seed(config.runtime.seed, phase.name, epoch)
-        )
-        # shuffle=False: the sampler already orders batches by this epoch's seed; Keras would
-        # reshuffle them with the global RNG, which a resumed process does not share.
-        started = time.perf_counter()
-        history = projection.fit(
-            batches,
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            verbose=0,
-            shuffle=False,
-            callbacks=[keras.callbacks.TerminateOnNaN(), *context.callbacks],
-        )
-        loss = history.history["loss"][-1]
-        check_loss(phase.name, epoch, loss, f"Lower this epoch's learning rate ({step.learning_rate}) and run again.")
-        row = {"phase": phase.name, "epoch": epoch + 1, "loss": float(loss), "margin": step.margin,
-               "learning_rate": step.learning_rate, "train_seconds": round(time.perf_counter() - started, 3)}
-        row.update(project_scores(scorer, *evaluation, config.evaluation.triplet_sample))
-        end_epoch(context, checkpoints, epoch, projection, rows, row, chief)
-    embedder_path = context.work_dir / EMBEDDER_FILE
-    digest = ""  # a worker that is not the chief writes no model: see finish_phase
-    if chief:
-        save_model(projection, context.work_dir / "projection.keras")
-        digest = save_model(build_embedder(backbone, projection), embedder_path)
-    final_group = config.evaluation.final_split
-    final_scores = None
-    if read_manifest(context.data_dir, ImageManifest).has_queries(final_group):
-        final_scores = project_scores(scorer, *load_group(features, final_group), config.evaluation.triplet_sample)
-    return PhaseResult(
-        name=phase.name,
-        model_path=embedder_path,
-        model_sha256=digest,
-        rows=rows,
-        final_scores=final_scores,
-        resumed_after_epoch=checkpoint.epoch + 1 if checkpoint is not None else None,
-        extra={"train_views": len(labels)} if chief else {"train_views": len(labels), "chief": False},
-    )
+            _, classes = class_labels(config, read_manifest(context.data_dir, ImageManifest))
+            classifier = initial_classifier(config, context.data_dir, classes)
+            backbone_sha256 = f"initial:{config.model.model_dump_json()}:{config.runtime.seed}"
+        self.backbone = features_of(classifier, config.model.features)
+        backbone_sha256 = f"{backbone_sha256}:{config.model.features}"
+        features_dir = (context.work_dir if self.scratch is None else self.scratch) / "features"
+        self.features = cache_features(self.backbone, backbone_sha256, config, context.data_dir, features_dir)
+        self.train = load_embeddings(self.features, "train", mapped_in=self.features)  # memory-mapped: 40 GB at eProduct scale
+        self.labels = train_labels(self.train, self.phase.labels)
+        self.groups = {config.evaluation.split: load_group(self.features, config.evaluation.split)}
+
+    def new_model(self) -> keras.Model:
+        phase = self.phase
+        # Seeded here: the projection's initial weights must not depend on what ran
+        # before in this process (a run that reused phases 1-3 draws the same ones).
+        seed_model_randomness(epoch_seed(self.config.runtime.seed, phase.name, -1))
+        projection = build_projection(self.train.vectors.shape[1], phase.projection_dim, phase.head, phase.hidden_dim,
+                                      phase.head_dropout)
+        compile_for_schedule(projection, phase, self.config.runtime.jit_compile)
+        return projection
+
+    def plan_epoch(self, model: keras.Model, epoch: int) -> EpochPlan:
+        return schedule_plan(model, self.phase, epoch)
+
+    def batches(self, epoch: int, strategy) -> LabelBalancedBatches:
+        return LabelBalancedBatches(self.train.vectors, self.labels, self.phase.labels_per_batch, self.phase.views_per_label,
+                                    epoch_seed(self.config.runtime.seed, self.phase.name, epoch))
+
+    def score(self, scorer: keras.Model, group: str) -> dict:
+        if group not in self.groups:
+            self.groups[group] = load_group(self.features, group)
+        return project_scores(scorer, *self.groups[group], self.config.evaluation.triplet_sample)
+
+    def final_models(self, model: keras.Model) -> FinalModels:
+        return FinalModels(model=(EMBEDDER_FILE, build_embedder(self.backbone, model)), others=(("projection.keras", model),))
+
+    def extra(self) -> dict:
+        return {"train_views": len(self.labels)}
+
+    def close(self) -> None:
+        if getattr(self, "scratch", None) is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""What every phase takes and returns: a context (data, work folder, hooks) and a result."""
+"""What every phase takes and returns: a context (data, work folder, hooks), what a trainer
+tells the controller (an epoch's plan, the final models) and a result."""
 
 import hashlib
 import math
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import keras
 
-from phases.checkpoints import save_checkpoint
 from phases.errors import TrainingError
 
 EMBEDDER_FILE = "embedder.keras"  # a phase's images -> embeddings model, in its work folder
@@ -52,8 +52,31 @@ class PhaseResult:
     embedder_path: Path | None = None
     embedder_sha256: str = ""
     final_scores: dict | None = None
+    # Resumed from a checkpoint: the epochs it had finished, and, for one saved inside an
+    # epoch, the batches of the next epoch it had trained. None: started from the beginning.
     resumed_after_epoch: int | None = None
+    resumed_at_step: int | None = None
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class EpochPlan:
+    """What a trainer sets before an epoch: row fields known beforehand (the margin and
+    learning rate of a schedule step) and the advice a NaN loss gets."""
+
+    fields: dict = field(default_factory=dict)
+    advice: str = "Lower the learning rate and run again."
+
+
+@dataclass
+class FinalModels:
+    """The files a finished phase leaves in its work folder, saved in this order:
+    `others` (kept beside, e.g. the projection alone), `model` (what the next phase starts
+    from), then `embedder` (images -> embeddings) when `model` is not one."""
+
+    model: tuple[str, keras.Model]
+    embedder: tuple[str, keras.Model] | None = None
+    others: tuple[tuple[str, keras.Model], ...] = ()
 
 
 def epoch_seed(seed: int, phase: str, epoch: int) -> int:
@@ -104,14 +127,3 @@ def check_loss(phase: str, epoch: int, loss: float, advice: str) -> None:
         return
     kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch had finished, so there is no checkpoint"
     raise TrainingError(f"phase {phase!r}, epoch {epoch + 1}: the loss became {loss}; {kept}. {advice}")
-
-
-def end_epoch(context: PhaseContext, checkpoints: Path, epoch: int, model: keras.Model, rows: list[dict], row: dict,
-              chief: bool = True) -> None:
-    """An epoch's end, the same in every phase: its row joins `rows`; the chief (every
-    process but the other workers of a multi-worker strategy) saves the checkpoint, rows
-    included, then reports the row (a report may push the work folder, checkpoint and all)."""
-    rows.append(row)
-    if chief:
-        save_checkpoint(checkpoints, epoch, model, {"rows": rows})
-        context.report(row)

@@ -116,7 +116,9 @@ def _cache_dir_option(command) -> None:
 
 def _fetched(location: str, cache_dir: str | None, parts: tuple[str, ...] = ()) -> Path:
     """A run folder given on the command line, local: a gs:// one pulled into its mirror."""
-    from pipeline.storage import StorageSettings, fetch_run, is_remote
+    from pipeline.storage.fetch import fetch_run
+    from pipeline.storage.remote import is_remote
+    from pipeline.storage.shard_cache import StorageSettings
 
     if not is_remote(location):
         return Path(location)
@@ -127,7 +129,9 @@ def _fetched(location: str, cache_dir: str | None, parts: tuple[str, ...] = ()) 
 
 
 def _run(args) -> None:
-    from pipeline.config_files import check_inputs, load_config, parse_overrides
+    from pipeline.config_files import load_config
+    from pipeline.config_inputs import check_inputs
+    from pipeline.config_overrides import parse_overrides
     from pipeline.run_root import check_run_folder, default_run_dir
 
     # Config, input and run folder errors first, before Prefect is imported (seconds) or started.
@@ -136,21 +140,23 @@ def _run(args) -> None:
     check_inputs(config, str(args.config))
     run_dir = str(args.run_dir or default_run_dir(args.config))
     check_run_folder(run_dir, args.config, config)
-    from pipeline.storage import check_locations
+    from pipeline.storage.staging import check_locations
 
     # gs:// buckets and objects
     check_locations(args.run_dir or "", config.data.source, config.model.weights, config.storage.read_shards)
 
-    from flows import beside_the_chief, check_force, finetune
+    from flows import finetune
     from pipeline.prefect_server import prefect_api
+    from pipeline.running import RunRequest
     from pipeline.reports import read_scores
     from pipeline.scores import ScoreTable
-    from pipeline.storage import RunRoot, StorageSettings, is_remote
+    from pipeline.storage.remote import is_remote
+    from pipeline.storage.run_store import RunRoot
+    from pipeline.storage.shard_cache import StorageSettings
 
-    check_force(config, args.force)
-    beside_the_chief(config, run_dir, args.force)
+    request = RunRequest.of(config, str(args.config), overrides, run_dir, args.force)  # force and role checked once
     with prefect_api():  # PREFECT_API_URL's server, checked to answer, or a temporary one
-        finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force)
+        finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force, request=request)
     local = RunRoot(run_dir, StorageSettings.of(config)).local  # a gs:// run's local mirror holds the same files
     table = ScoreTable(local / "scores.csv")
     table.rows = read_scores(local)

@@ -1,62 +1,66 @@
-"""Cache keys: one digest of everything that decides a task's output.
+"""Cache keys: one digest of everything that decides a step's output.
 
-A key covers the task's own config section, the content digest of what it reads
-(the source listing, the data manifest, the parent phase's model sha256), the
-package version, a digest of the code in `phases/` and `tfrecords/`, and the
-run root it writes to. Not the run id: a new run of the same config finds the same
-keys and reuses every finished task. The root is part of the key because two run
-roots with the same config hold two copies of the outputs; a gs:// root is named by
-its URL, so every machine (whatever its local mirror) computes the same keys.
+A key covers the step kind and its version (`STEP_VERSIONS`), the step's own config
+section, the content digest of what it reads (the source listing, the data manifest, the
+parent phase's model sha256: fields of `pipeline/steps.py`'s outputs), and the run root it
+writes to. Not the code: a comment edit or an upgrade that leaves a step's output alone
+keeps every finished step, and an unfinished phase resumes from its checkpoints; a change
+that alters what a step writes raises that step's version. Not the run id: a new run of
+the same config finds the same keys and reuses every finished step. The root is part of
+the key because two run roots with the same config hold two copies of the outputs; a gs://
+root is named by its URL, so every machine (whatever its local mirror) computes the same keys.
+
+Each part of a key is digested on its own and kept in the step's record (`key_parts`), so
+that a later run can say which part changed (`reasons.py`).
 """
 
 import hashlib
 import json
 from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import phases
-import tfrecords
 from phases.config import NAMED_WEIGHTS, PipelineConfig
 from pipeline.records import Work
-from pipeline.storage import RunRoot, StorageSettings, is_remote, remote_ingested, source_listing_digest, stage_file
+from pipeline.steps import IngestedData, ModelFile, ShardEmbeddings
+from pipeline.storage.remote import is_remote
+from pipeline.storage.run_store import RunRoot
+from pipeline.storage.shard_cache import StorageSettings
+from pipeline.storage.staging import remote_ingested, source_listing_digest, stage_file
 from tfrecords.files import sha256_file
 from tfrecords.manifest import MANIFEST_NAME, ShardEntry
 from tfrecords.sources import scan_source
 
-DISTRIBUTION = "product-visual-search"
+# One version per step kind. Raise a step's version in the same commit as any change that
+# alters what the step writes (its files or its record's output), e.g. another shard
+# layout, a fixed bug in a loss, another scoring rule; a comment, a refactoring or a speed-up
+# that writes the same bytes keeps it. Raising one reruns that step and every step after it
+# (their keys hold its output's digests). tests/test_step_versions.py fails when a step's
+# output changes and its version does not (`tests/step_fingerprints.json`).
+STEP_VERSIONS = {
+    "ingest": 1,  # the shards and manifest.json (tfrecords/: ingest, shard_writer, record_format, splits, images)
+    "baseline": 1,  # the untrained model's score row (phases/: model, scoring, metrics, the reader)
+    "phase": 1,  # a phase's checkpoints (their format too: a resumed phase reads them), models and score rows
+    "embed_shard": 1,  # one image shard's embeddings by the final model (phases/extraction.py, tfrecords/embeddings.py)
+    "extraction": 1,  # the merged embeddings, submission.csv and the final split's scores
+}
 
 
-@cache
-def code_digest() -> str:
-    """sha256 over the Python files of `phases/` and `tfrecords/` (names and contents)."""
-    digest = hashlib.sha256()
-    for package in (phases, tfrecords):
-        root = Path(package.__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            digest.update(f"{package.__name__}/{path.relative_to(root).as_posix()}\0".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+def part_digest(value) -> str:
+    """sha256 of a JSON-able value (keys sorted; paths and other objects as text)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-@cache
-def package_version() -> str:
-    try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
+def step_key(kind: str, root: RunRoot, parts: dict[str, str]) -> str:
+    """The key of a step of `kind` writing under `root`, from its parts' digests."""
+    return part_digest({"kind": kind, "version": STEP_VERSIONS[kind], "folder": root.identity, "parts": parts})
 
 
-def digest(kind: str, root: RunRoot, **parts) -> str:
-    """The key of a task of `kind` writing under `root`, from JSON-able `parts`."""
-    document = {
-        "kind": kind,
-        "folder": root.identity,
-        "version": package_version(),
-        "code": code_digest(),
-        **parts,
-    }
-    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+def make_work(kind: str, root: RunRoot, name: str, folder, **parts) -> Work:
+    """The Work of a step of `kind`: its key from `parts` (JSON-able values), its folder
+    `folder(key)`."""
+    digests = {part: part_digest(value) for part, value in parts.items()}
+    key = step_key(kind, root, digests)
+    return Work(name, key, folder(key), kind, STEP_VERSIONS[kind], digests)
 
 
 def source_digest(source: str | Path) -> str:
@@ -99,7 +103,7 @@ def shared_settings(config: PipelineConfig) -> dict:
         "model": config.model.model_dump(),
         "weights_sha256": weights_digest(config),
         "inputs": config.data.model_dump(include={"image_size", "batch_size", "shuffle_buffer"}),
-        "runtime": config.runtime.model_dump(),
+        "runtime": config.runtime.model_dump(exclude={"checkpoint_every"}),  # how often it saves, not what
         "evaluation": config.evaluation.model_dump(exclude={"extraction_concurrency"}),  # how fast, not what
     }
 
@@ -111,42 +115,45 @@ def ingestion_work(config: PipelineConfig, root: RunRoot) -> Work:
     source is known by its listing (names, sizes, MD5s)."""
     source = config.data.source
     if is_remote(source):
-        read = {"remote": source_listing_digest(source)}
+        parts = {"remote": source_listing_digest(source)}
         if not remote_ingested(source):
-            read["options"] = config.data.ingest.model_dump()
+            parts["options"] = config.data.ingest.model_dump()
         elif config.storage.read_shards == "direct":
-            read["read_shards"] = "direct"  # the folder holds the manifest and where the shards are, not the shards
+            parts["read_shards"] = "direct"  # the folder holds the manifest and where the shards are, not the shards
     elif (Path(source) / MANIFEST_NAME).is_file():
-        read = {"ingested": sha256_file(Path(source) / MANIFEST_NAME)}
+        parts = {"ingested": sha256_file(Path(source) / MANIFEST_NAME)}
     else:
-        read = {"source": source_digest(source), "options": config.data.ingest.model_dump()}
-    return Work("ingest", digest("ingest", root, **read), root.local / "data")
+        parts = {"source": source_digest(source), "options": config.data.ingest.model_dump()}
+    return make_work("ingest", root, "ingest", lambda key: root.local / "data", **parts)
 
 
-def baseline_work(config: PipelineConfig, root: RunRoot, data: dict) -> Work:
-    key = digest("baseline", root, data=data["manifest_sha256"], settings=shared_settings(config))
-    return Work("baseline", key, root.local / "phases" / f"00-baseline-{key[:12]}")
+def baseline_work(config: PipelineConfig, root: RunRoot, data: IngestedData) -> Work:
+    return make_work("baseline", root, "baseline", lambda key: root.local / "phases" / f"00-baseline-{key[:12]}",
+                     data=data.manifest_sha256, settings=shared_settings(config))
 
 
-def phase_work(config: PipelineConfig, root: RunRoot, number: int, data: dict, previous: dict | None) -> Work:
-    """Phase `number` (1-based): its config, the model it starts from, the shared settings, the data."""
+def phase_work(config: PipelineConfig, root: RunRoot, number: int, data: IngestedData, previous: ModelFile | None) -> Work:
+    """Phase `number` (1-based): its config, the model it starts from (`previous`, the
+    phase before's model), the shared settings, the data."""
     phase = config.phases[number - 1]
-    key = digest(
-        "phase",
-        root,
+    return make_work(
+        "phase", root, phase.name, lambda key: root.local / "phases" / f"{number:02d}-{phase.name}-{key[:12]}",
         phase=phase.model_dump(),
         number=number,
-        parent=previous["model_sha256"] if previous else None,
+        parent=previous.sha256 if previous else None,
         settings=shared_settings(config),
-        data=data["manifest_sha256"],
+        data=data.manifest_sha256,
     )
-    return Work(phase.name, key, root.local / "phases" / f"{number:02d}-{phase.name}-{key[:12]}")
 
 
-def extraction_work(config: PipelineConfig, root: RunRoot, data: dict, final: dict) -> Work:
-    """The extraction's last step: the embedding shards merged, the submission and the scores."""
-    key = digest("extraction", root, model=final["model_sha256"], settings=shared_settings(config), data=data["manifest_sha256"])
-    return Work("extraction", key, root.local / f"extraction-{key[:12]}")
+def extraction_work(config: PipelineConfig, root: RunRoot, data: IngestedData, final: ModelFile,
+                    shards: list[ShardEmbeddings]) -> Work:
+    """The extraction's last step: the embedding shards merged, the submission and the scores.
+    `shards` (their manifests' digests) are in its key: embeddings made anew (a raised
+    `embed_shard` version) are merged anew."""
+    return make_work("extraction", root, "extraction", lambda key: root.local / f"extraction-{key[:12]}",
+                     model=final.sha256, settings=shared_settings(config), data=data.manifest_sha256,
+                     shards=[shard.manifest_sha256 for shard in shards])
 
 
 def vector_settings(config: PipelineConfig) -> dict:
@@ -156,15 +163,14 @@ def vector_settings(config: PipelineConfig) -> dict:
         "model": config.model.model_dump(),
         "image_size": config.data.image_size,
         "batch_size": config.evaluation.batch_size,
-        "runtime": config.runtime.model_dump(),
+        "runtime": config.runtime.model_dump(exclude={"checkpoint_every"}),  # how often it saves, not what
     }
 
 
-def shard_work(config: PipelineConfig, root: RunRoot, shard: ShardEntry, final: dict) -> Work:
+def shard_work(config: PipelineConfig, root: RunRoot, shard: ShardEntry, final: ModelFile) -> Work:
     """The embeddings of one image shard of the final split: RUN_DIR/embeddings/<shard>-<key>,
     outside the extraction's folder: the same final model reuses them whatever else changed
     (the evaluation's other options, another shard of the split), a new one reuses none."""
-    key = digest("embed_shard", root, shard=shard.sha256, set=shard.split, model=final["model_sha256"],
-                 settings=vector_settings(config))
     stem = shard.file.removesuffix(".tfrecord")
-    return Work(f"embed {stem}", key, root.local / "embeddings" / f"{stem}-{key[:12]}")
+    return make_work("embed_shard", root, f"embed {stem}", lambda key: root.local / "embeddings" / f"{stem}-{key[:12]}",
+                     shard=shard.sha256, set=shard.split, model=final.sha256, settings=vector_settings(config))

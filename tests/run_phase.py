@@ -19,10 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from phases.classification import run_classification_phase
-from phases.config import EndToEndPhase, PipelineConfig, SiamesePhase
-from phases.end_to_end import run_end_to_end_phase
-from phases.siamese import run_siamese_phase
+from phases.config import PipelineConfig
+from phases.controller import run_phase
 from phases.unit import PhaseContext
 from pipeline.runtime import configure_runtime
 
@@ -44,12 +42,11 @@ def main() -> None:
 
     phase = config.phase(arguments["phase"])
     context = PhaseContext(data_dir=Path(arguments["data_dir"]), work_dir=Path(arguments["work_dir"]), report=report)
-    runner = {SiamesePhase: run_siamese_phase, EndToEndPhase: run_end_to_end_phase}.get(type(phase), run_classification_phase)
     previous = arguments.get("previous")
-    result = runner(phase, config, context, (Path(previous[0]), previous[1]) if previous else None)
+    result = run_phase(phase, config, context, (Path(previous[0]), previous[1]) if previous else None)
     print(json.dumps({"model_path": str(result.model_path), "sha256": result.model_sha256, "rows": result.rows,
                       "final_scores": result.final_scores, "resumed_after_epoch": result.resumed_after_epoch,
-                      "extra": result.extra}))
+                      "resumed_at_step": result.resumed_at_step, "extra": result.extra}))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, tiny_pipeline
 
 from phases.config import PipelineConfig, RuntimeConfig
 
@@ -32,15 +32,14 @@ SIAMESE = {"name": "siamese", "kind": "siamese", "projection_dim": 16, "labels_p
 
 
 def config(data_dir: Path, phase: dict = PHASE, **runtime) -> dict:
-    """A deterministic MobileNetV3Small config at 32 px; `dropout: 0`, so that the replicas'
-    dropout masks (drawn per replica) are no difference between one device and two."""
-    return {
-        "data": {"source": str(data_dir), "image_size": 32, "batch_size": 16, "shuffle_buffer": 64},
-        "model": {"architecture": "MobileNetV3Small", "weights": "none", "dropout": 0.0, "batch_norm_calibration_batches": 2},
+    """`phase` alone on a deterministic MobileNetV3Small at 32 px, in graph mode; `dropout: 0`,
+    so that the replicas' dropout masks (drawn per replica) are no difference between one
+    device and two."""
+    return tiny_pipeline(data_dir, {
+        "model": {"architecture": "MobileNetV3Small", "dropout": 0.0},
         "phases": [phase],
-        "evaluation": {"batch_size": 64},
-        "runtime": {"seed": 3, "deterministic": True, **runtime},
-    }
+        "runtime": {"seed": 3, "eager": False, **runtime},
+    }, phases=(phase["name"],))
 
 
 def start(tmp_path: Path, name: str, settings: dict, data_dir: Path, work_dir: Path, tf_config: dict | None = None,
@@ -133,13 +132,13 @@ def test_training_batches_have_a_static_batch_dimension_and_the_same_batches_on_
     import keras
     import tensorflow as tf
 
-    from phases.classification import _training_batches
+    from phases.classification import training_batches
     from phases.distribute import alike_every_iteration
     from phases.scoring import embed_split
 
     settings = config(ingested)
     settings = PipelineConfig.model_validate({**settings, "data": {**settings["data"], "batch_size": 24}})
-    make = partial(_training_batches, settings.phases[0], settings, ingested, "category_id", 0)
+    make = partial(training_batches, settings.phases[0], settings, ingested, "category_id", 0)
     static, dynamic = make(True), make(False)
     assert static.element_spec[0].shape.as_list() == [24, 32, 32, 3] and static.element_spec[1].shape.as_list() == [24]
     assert dynamic.element_spec[0].shape.as_list() == [None, 32, 32, 3]
@@ -180,7 +179,7 @@ def test_mixed_precision_keeps_probabilities_embeddings_and_losses_float32(polic
 
     from phases.checkpoints import latest_checkpoint, load_model, save_checkpoint, save_model
     from phases.config import ModelConfig, SiamesePhase
-    from phases.losses import apply_schedule_step, compile_for_schedule
+    from phases.losses import compile_for_schedule, schedule_plan
     from phases.model import build_backbone, build_classifier, build_projection
 
     policy("mixed_float16")
@@ -197,7 +196,7 @@ def test_mixed_precision_keeps_probabilities_embeddings_and_losses_float32(polic
     labels = np.repeat(np.arange(6), 4)
     loss = projection.fit(features, labels, batch_size=24, verbose=0, shuffle=False).history["loss"][-1]
     assert np.isfinite(loss)
-    apply_schedule_step(projection, phase, 1)
+    schedule_plan(projection, phase, 1)
     assert projection.loss.margin == 0.25 and float(projection.optimizer.learning_rate) == pytest.approx(1e-4)
     assert projection.predict(features, verbose=0).dtype == np.float32
     save_checkpoint(tmp_path / "checkpoints", 1, projection, {"rows": []})
@@ -353,7 +352,8 @@ def test_multi_worker_strategy_trains_on_two_processes_and_resumes_from_the_chie
     assert mine["final_scores"]["n_queries"] == 5  # every test query
 
     from phases.checkpoints import load_model
-    from phases.classification import classifier_scorer, score_split
+    from phases.classification import classifier_scorer
+    from phases.scoring import score_split
 
     model = load_model(Path(mine["model_path"]), mine["sha256"], compile=False)
     settings = PipelineConfig.model_validate(chain["config"])

@@ -146,7 +146,7 @@ def test_a_rerun_embeds_only_the_shard_whose_folder_was_deleted(ingested, tmp_pa
     shutil.rmtree(next(run_dir.glob("extraction-*")))  # so the merge runs again, on the recomputed shard
 
     again = pvs_run(config, run_dir, server=prefect_server)
-    assert "Task run 'siamese' - Finished in state Cached" in again  # (not so when phases/ changed in between)
+    assert "Task run 'siamese' - Finished in state Cached" in again
     assert shard_states(again) == {**dict.fromkeys(shards, "Cached"), deleted[:-13]: "Completed"}
     assert f"extraction: {len(shards)} embedding shard(s) of test: {len(shards) - 1} reused, 1 computed" in again
     assert "Task run 'extraction' - Finished in state Completed" in again

@@ -107,7 +107,7 @@ def test_a_weights_file_of_the_architecture_is_loaded(tmp_path):
 def test_phases_classify_categories_or_else_the_products(ingested, tmp_path):
     from conftest import write_image
 
-    from phases.classification import class_labels
+    from phases.starting import class_labels
     from phases.config import PipelineConfig
     from tfrecords.ingest import ingest
     from tfrecords.manifest import ImageManifest, read_manifest

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_pipeline
 
 from phases.config import PipelineConfig
 from phases.siamese import LabelBalancedBatches
@@ -15,27 +16,25 @@ from phases.siamese import LabelBalancedBatches
 RUN_PHASE = Path(__file__).parent / "run_phase.py"
 
 
+# The recipe's four phases on tiny_pipeline, in graph mode: more epochs, and a margin schedule of three steps.
+RECIPE = {
+    "model": {"batch_norm_calibration_batches": 0},
+    "phases": [
+        {"name": "top", "epochs": 2},
+        {"name": "full", "epochs": 3},
+        {"name": "siamese", "projection_dim": 32, "margin_schedule": [
+            {"margin": 0.5, "learning_rate": 1e-3, "epochs": 2},
+            {"margin": 0.75, "learning_rate": 1e-3, "epochs": 1},
+            {"margin": 0.75, "learning_rate": 1e-2, "epochs": 1},
+        ]},
+    ],
+    "runtime": {"seed": 3, "eager": False},
+}
+
+
 def tiny_config(data_dir: Path) -> dict:
-    """The recipe's four phases at 32 px on the tiny demo data, deterministic."""
-    return {
-        "data": {"source": str(data_dir), "image_size": 32, "batch_size": 16, "shuffle_buffer": 64},
-        "model": {"weights": "none"},
-        "phases": [
-            {"name": "top", "kind": "classification", "unfreeze": "none", "learning_rate": 1e-2, "epochs": 2},
-            {"name": "block7a", "kind": "classification", "unfreeze": "from", "unfreeze_from": "block7a", "learning_rate": 1e-3, "epochs": 1},
-            {"name": "full", "kind": "classification", "unfreeze": "all", "learning_rate": 1e-3, "epochs": 3},
-            {
-                "name": "siamese", "kind": "siamese", "projection_dim": 32, "labels_per_batch": 6, "views_per_label": 3,
-                "margin_schedule": [
-                    {"margin": 0.5, "learning_rate": 1e-3, "epochs": 2},
-                    {"margin": 0.75, "learning_rate": 1e-3, "epochs": 1},
-                    {"margin": 0.75, "learning_rate": 1e-2, "epochs": 1},
-                ],
-            },
-        ],
-        "evaluation": {"batch_size": 64},
-        "runtime": {"seed": 3, "deterministic": True},
-    }
+    """The recipe's four phases at 32 px on the tiny demo data, deterministic, in graph mode."""
+    return tiny_pipeline(data_dir, RECIPE)
 
 
 def run_phase(tmp_path: Path, data_dir: Path, work_dir: Path, phase: str, kill_after_epoch=None) -> subprocess.CompletedProcess:
@@ -113,23 +112,21 @@ def test_end_to_end_phase_trains_a_mildnet_head_in_graph_mode_and_resumes_from_i
     import tensorflow as tf
 
     from phases.checkpoints import load_model
-    from phases.end_to_end import run_end_to_end_phase
+    from phases.controller import run_phase as train
     from phases.unit import PhaseContext
 
-    config = PipelineConfig.model_validate({
-        "data": {"source": str(ingested), "image_size": 32, "batch_size": 16, "shuffle_buffer": 64},
-        "model": {"architecture": "VGG16", "weights": "none", "feature_blocks": ["block1", "block4"]},
+    config = PipelineConfig.model_validate(tiny_pipeline(ingested, {
+        "model": {"architecture": "VGG16", "feature_blocks": ["block1", "block4"], "batch_norm_calibration_batches": 0},
         "phases": [{
             "name": "mildnet", "kind": "end_to_end", "head": "mildnet", "projection_dim": 8, "hidden_dim": 16,
             "labels": "product", "labels_per_batch": 4, "views_per_label": 2,
             "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}, {"margin": 0.3, "learning_rate": 1e-4, "epochs": 1}],
         }],
-        "evaluation": {"batch_size": 64},
-        "runtime": {"seed": 2},
-    })
+        "runtime": {"seed": 2, "deterministic": False, "eager": False},
+    }, phases=("mildnet",)))
     assert not tf.config.functions_run_eagerly()
     work = tmp_path / "work"
-    result = run_end_to_end_phase(config.phases[0], config, PhaseContext(data_dir=ingested, work_dir=work))
+    result = train(config.phases[0], config, PhaseContext(data_dir=ingested, work_dir=work))
     assert [(row["epoch"], row["margin"], row["learning_rate"]) for row in result.rows] == [(1, 0.5, 1e-3), (2, 0.3, 1e-4)]
     assert all(np.isfinite(row["loss"]) and 0 <= row["mar_at_10"] <= 1 for row in result.rows)
     model = load_model(result.model_path, result.model_sha256, compile=False)
@@ -138,7 +135,7 @@ def test_end_to_end_phase_trains_a_mildnet_head_in_graph_mode_and_resumes_from_i
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
     (work / "checkpoints" / "epoch-0001.json").unlink()  # as if killed during the last epoch's save
-    resumed = run_end_to_end_phase(config.phases[0], config, PhaseContext(data_dir=ingested, work_dir=work))
+    resumed = train(config.phases[0], config, PhaseContext(data_dir=ingested, work_dir=work))
     assert resumed.resumed_after_epoch == 1 and [row["epoch"] for row in resumed.rows] == [1, 2]
 
 
@@ -148,25 +145,26 @@ def test_phase_four_trains_on_the_head_batch_norm_output_and_a_classifier_extrac
     mode), and a run that ends with a classifier embeds its final split with the features its
     rows were scored with, not its class probabilities."""
     from phases.checkpoints import load_model
-    from phases.classification import run_classification_phase
+    from phases.controller import run_phase as train
     from phases.extraction import embed_shard, final_shards, merge
     from phases.model import backbone_of, features_of
-    from phases.siamese import run_siamese_phase
     from phases.unit import PhaseContext
     from tfrecords.embeddings import load_embeddings
     from tfrecords.options import ReadOptions
     from tfrecords.reader import read_images
 
-    raw = tiny_config(ingested)
-    raw["phases"] = [{**raw["phases"][0], "epochs": 1, "learning_rate": 0.1},
-                     {**raw["phases"][3], "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}]}]
-    raw["runtime"]["eager"] = True  # no tracing: a few seconds
-    config = PipelineConfig.model_validate(raw)
-    top = run_classification_phase(config.phases[0], config, PhaseContext(data_dir=ingested, work_dir=tmp_path / "top"))
+    config = PipelineConfig.model_validate(tiny_pipeline(ingested, RECIPE, {
+        "phases": [{"name": "top", "epochs": 1, "learning_rate": 0.1},
+                   {"name": "siamese", "margin_schedule": [{"margin": 0.5, "learning_rate": 1e-3, "epochs": 1}]}],
+        "runtime": {"eager": True},  # no tracing: a few seconds
+    }, phases=("top", "siamese")))
+    top = train(config.phases[0], config, PhaseContext(data_dir=ingested, work_dir=tmp_path / "top"))
 
     classifier = load_model(top.model_path, top.model_sha256, compile=False)
     embedder = load_model(top.embedder_path, top.embedder_sha256, compile=False)
-    images = next(read_images(ingested, "val_query", ReadOptions(image_size=32, batch_size=64)).as_numpy_iterator())
+    # deterministic: the order the phase cached its features in, even when busy cores finish reads out of order
+    images = next(read_images(ingested, "val_query", ReadOptions(image_size=32, batch_size=64, deterministic=True))
+                  .as_numpy_iterator())
     after_norm = features_of(classifier).predict(images["image"], verbose=0)
     pooled = backbone_of(classifier).predict(images["image"], verbose=0)
     np.testing.assert_allclose(embedder.predict(images["image"], verbose=0), after_norm, atol=1e-5)
@@ -180,7 +178,7 @@ def test_phase_four_trains_on_the_head_batch_norm_output_and_a_classifier_extrac
     assert load_embeddings(extracted.embeddings_dir, f"{group}_query").vectors.shape[1] == 1280  # features, not classes
     assert extracted.scores["mar_at_10"] == pytest.approx(top.final_scores["mar_at_10"], abs=1e-6)
 
-    siamese = run_siamese_phase(config.phases[1], config, PhaseContext(data_dir=ingested, work_dir=tmp_path / "siamese"),
+    siamese = train(config.phases[1], config, PhaseContext(data_dir=ingested, work_dir=tmp_path / "siamese"),
                                 (top.model_path, top.model_sha256))
     cached = load_embeddings(tmp_path / "siamese" / "features", "val_query")
     assert cached.image_ids.tolist() == images["image_id"].tolist()  # the whole split: one batch

@@ -104,16 +104,17 @@ def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_ph
 def test_a_weights_file_replaced_in_place_changes_every_model_key(tmp_path):
     from pipeline.config_files import load_config
     from pipeline.keys import baseline_work, extraction_work, phase_work
+    from pipeline.steps import IngestedData, ModelFile
     from pipeline.storage import RunRoot
 
     weights = tmp_path / "backbone.weights.h5"
     weights.write_bytes(b"first")
     config = load_config(write_config(tmp_path / "tiny.yaml", tmp_path), {"model.weights": str(weights)})
-    root, data = RunRoot(tmp_path / "run"), {"manifest_sha256": "0" * 64}
+    root, data = RunRoot(tmp_path / "run"), IngestedData(tmp_path / "data" / "manifest.json", "0" * 64)
 
     def keys():
         return (baseline_work(config, root, data).key, phase_work(config, root, 1, data, None).key,
-                extraction_work(config, root, data, {"model_sha256": "1" * 64}).key)
+                extraction_work(config, root, data, ModelFile(tmp_path / "model.keras", "1" * 64), []).key)
 
     first = keys()
     os.utime(weights, ns=(1, 10**18))  # touched: the same content, the same keys

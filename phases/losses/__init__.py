@@ -16,11 +16,11 @@ The Keras losses are registered as "pvs>ClassName", the names saved .keras model
 to: importing this package is what lets such a model load.
 """
 
-from phases.config import DISTANCE_METRICS
+from phases.phase_config import DISTANCE_METRICS
 from phases.losses.batch import check_distance_metric
 from phases.losses.contrastive import ContrastiveLoss, contrastive_loss
 from phases.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loss
-from phases.losses.schedule import apply_schedule_step, compile_for_schedule, make_loss
+from phases.losses.schedule import compile_for_schedule, make_loss, schedule_plan
 from phases.losses.triplet import TripletHardLoss, TripletSemiHardLoss, triplet_hard_loss, triplet_semihard_loss
 
 __all__ = [
@@ -29,12 +29,12 @@ __all__ = [
     "MultiSimilarityLoss",
     "TripletHardLoss",
     "TripletSemiHardLoss",
-    "apply_schedule_step",
     "check_distance_metric",
     "compile_for_schedule",
     "contrastive_loss",
     "make_loss",
     "multi_similarity_loss",
+    "schedule_plan",
     "triplet_hard_loss",
     "triplet_semihard_loss",
 ]

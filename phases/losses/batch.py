@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from phases.config import DISTANCE_METRICS
+from phases.phase_config import DISTANCE_METRICS
 
 
 def check_distance_metric(distance_metric: str) -> None:

@@ -5,6 +5,7 @@ import keras
 from phases.losses.contrastive import ContrastiveLoss
 from phases.losses.multi_similarity import MultiSimilarityLoss
 from phases.losses.triplet import TripletHardLoss, TripletSemiHardLoss
+from phases.unit import EpochPlan
 
 
 def make_loss(phase, margin: float) -> keras.losses.Loss:
@@ -30,10 +31,11 @@ def compile_for_schedule(model: keras.Model, phase, jit_compile: bool | str = "a
     )
 
 
-def apply_schedule_step(model: keras.Model, phase, epoch: int):
+def schedule_plan(model: keras.Model, phase, epoch: int) -> EpochPlan:
     """Set the compiled loss's margin and the optimizer's learning rate to those of the
-    schedule step of `epoch` (0-based); returns that step."""
+    schedule step of `epoch` (0-based); the epoch's plan: its row shows that margin and rate."""
     step = phase.step(epoch)
     model.loss.margin = step.margin
     model.optimizer.learning_rate.assign(step.learning_rate)
-    return step
+    return EpochPlan(fields={"margin": step.margin, "learning_rate": step.learning_rate},
+                     advice=f"Lower this epoch's learning rate ({step.learning_rate}) and run again.")

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from phases.checkpoints import latest_checkpoint
-from phases.classification import run_classification_phase
 from phases.config import PipelineConfig
+from phases.controller import run_phase
 from phases.errors import TrainingError
-from phases.siamese import run_siamese_phase
 from phases.unit import PhaseContext
 from test_phases import RUN_PHASE, tiny_config
 
@@ -39,17 +38,16 @@ class PoisonWeights(keras.callbacks.Callback):
 @pytest.mark.parametrize("phase", ["top", "siamese"])
 def test_nan_loss_stops_the_phase_naming_it_and_keeps_the_last_good_checkpoint(ingested, tmp_path, phase):
     config = PipelineConfig.model_validate(tiny_config(ingested))
-    runner = run_siamese_phase if phase == "siamese" else run_classification_phase
     work = tmp_path / phase
     poisoned = PhaseContext(data_dir=ingested, work_dir=work, callbacks=(PoisonWeights(epoch=1),))
     with pytest.raises(TrainingError, match=rf"phase '{phase}', epoch 2: the loss became nan; the checkpoint of epoch 1 is kept"):
-        runner(config.phase(phase), config, poisoned)
+        run_phase(config.phase(phase), config, poisoned)
     kept = latest_checkpoint(work / "checkpoints")
     assert kept is not None and kept.epoch == 0
     assert all(np.isfinite(np.asarray(weight)).all() for weight in kept.model.weights)
     assert not (work / "model.keras").exists() and not (work / "embedder.keras").exists()
 
-    resumed = runner(config.phase(phase), config, PhaseContext(data_dir=ingested, work_dir=work))
+    resumed = run_phase(config.phase(phase), config, PhaseContext(data_dir=ingested, work_dir=work))
     assert resumed.resumed_after_epoch == 1 and all(np.isfinite(row["loss"]) for row in resumed.rows)
 
 
@@ -57,7 +55,7 @@ def test_nan_loss_in_the_first_epoch_says_there_is_no_checkpoint(ingested, tmp_p
     config = PipelineConfig.model_validate(tiny_config(ingested))
     poisoned = PhaseContext(data_dir=ingested, work_dir=tmp_path, callbacks=(PoisonWeights(epoch=0),))
     with pytest.raises(TrainingError, match="phase 'top', epoch 1: the loss became nan; no epoch had finished"):
-        run_classification_phase(config.phase("top"), config, poisoned)
+        run_phase(config.phase("top"), config, poisoned)
     assert latest_checkpoint(tmp_path / "checkpoints") is None
 
 
