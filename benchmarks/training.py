@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override configs/demo.yaml")
     args = parser.parse_args()
-    # _training_batches has unknown cardinality (shuffle, interleave), so Keras finds the
+    # training_batches has unknown cardinality (shuffle, interleave), so Keras finds the
     # end of each epoch by running out of data and warns about it every time.
     warnings.filterwarnings("ignore", message="Your input ran out of data")
 
