@@ -100,7 +100,7 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: frozenset[str]) ->
     for number, phase in enumerate(config.phases, start=1):
         work = keys.phase_work(config, root, number, data, previous and previous.model)
         previous = run_step(train_phase, work, forced, root, config=inputs, phase_name=phase.name, data=data,
-                            previous=previous and previous.model, root=root if root.remote else None)
+                            previous=previous and previous.model, root=root)
         report.phase(phase.name, previous)
 
     final = previous.final_model

@@ -92,7 +92,7 @@ def plain_run(config_path: Path, overrides: list[str], run_dir: Path) -> None:
             work_dir = run_dir / "phases" / f"{number:02d}-{phase.name}"
             work_dir.mkdir(parents=True, exist_ok=True)
             result = run_phase(phase, config, PhaseContext(data_dir=data_dir, work_dir=work_dir), previous)
-        rows += phase_rows({"rows": result.rows, "final_scores": result.final_scores}, config.evaluation.final_split)
+        rows += phase_rows(result.rows, result.final_scores, config.evaluation.final_split)
         previous = (result.model_path, result.model_sha256)
         # flows.final_model: a classifier's embedder, else the phase's model
         final = (result.embedder_path, result.embedder_sha256) if result.embedder_path else previous

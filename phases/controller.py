@@ -109,7 +109,7 @@ def _train(trainer: Trainer, phase, config: PipelineConfig, context: PhaseContex
         plan = trainer.plan_epoch(model, epoch)
         started = time.perf_counter() - (resumed.state["train_seconds"] if resumed else 0.0)
 
-        def save_inside(step: int, metrics: list) -> None:
+        def save_inside(step: int, metrics: list, epoch: int = epoch, started: float = started) -> None:
             state = {"rows": rows, "metrics": metrics, "train_seconds": time.perf_counter() - started}
             save_checkpoint(checkpoints, epoch, model, state, step=step)
 
@@ -184,12 +184,12 @@ class InEpochCheckpoints(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.last = time.monotonic()
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.save is None or self.model.stop_training:  # stopped: a NaN loss, say; the last good checkpoint stays
+    def on_train_batch_begin(self, batch, logs=None):
+        # Saved when the next batch begins, so never just before the epoch's own checkpoint
+        # (an epoch's length is unknown to Keras when the dataset shuffles or interleaves).
+        step = self.skip + batch  # batches of the epoch trained so far
+        if self.save is None or batch == 0 or self.model.stop_training:  # stopped: the last good checkpoint stays
             return
-        if self.params.get("steps") == batch + 1:
-            return  # the epoch's last batch: its own checkpoint follows
-        step = self.skip + batch + 1
         due = (self.steps is not None and step % self.steps == 0) or (
             self.seconds is not None and time.monotonic() - self.last >= self.seconds)
         if due:

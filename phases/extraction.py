@@ -32,7 +32,7 @@ import numpy as np
 from phases.checkpoints import load_model
 from phases.config import PipelineConfig
 from phases.metrics import nearest_neighbours
-from phases.scoring import SplitEmbeddings, embed_split, embedding_scores
+from phases.scoring import SplitEmbeddings, embedding_scores
 from phases.submission import SUBMISSION_NAME, write_submission
 from tfrecords.embeddings import EmbeddingWriter, load_embeddings, merge_embeddings
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, ShardEntry, read_manifest
@@ -62,20 +62,6 @@ def final_shards(config: PipelineConfig, data_dir: Path) -> tuple[str, list[Shar
     manifest = read_manifest(data_dir, ImageManifest)
     group = final_group(config, manifest)
     return group, [*manifest.shards_of(f"{group}_query"), *manifest.shards_of(f"{group}_index")]
-
-
-def extract(model_path: Path, model_sha256: str, config: PipelineConfig, data_dir: Path, out_dir: Path) -> ExtractionResult:
-    """Embed the final split's queries and index with the final model; write shards and submission."""
-    group = final_group(config, read_manifest(data_dir, ImageManifest))
-    model = load_model(model_path, model_sha256, compile=False)
-    size, batch = config.data.image_size, config.evaluation.batch_size
-    query = embed_split(model, data_dir, f"{group}_query", size, batch)
-    index = embed_split(model, data_dir, f"{group}_index", size, batch)
-    embeddings_dir = out_dir / "embeddings"
-    with EmbeddingWriter(embeddings_dir, dim=query.vectors.shape[1], metadata={"model_sha256": model_sha256}) as writer:
-        for name, part in ((f"{group}_query", query), (f"{group}_index", index)):
-            writer.add(name, part.vectors, part.image_ids, part.product_ids, part.category_ids)
-    return _submission_and_scores(group, query, index, config, embeddings_dir, out_dir)
 
 
 def final_model(model_path: Path, model_sha256: str):
@@ -121,7 +107,7 @@ def merge(parts: list[Path], model_sha256: str, config: PipelineConfig, group: s
             records.setdefault(split, []).append(sum(shard.records for shard in manifest.shards_of(split)))
     query, index = (in_reader_order(embeddings_dir, f"{group}_{kind}", records.get(f"{group}_{kind}", []))
                     for kind in ("query", "index"))
-    return _submission_and_scores(group, query, index, config, embeddings_dir, out_dir)
+    return submission_and_scores(group, query, index, config, embeddings_dir, out_dir)
 
 
 def in_reader_order(folder: Path, split: str, records: list[int]) -> SplitEmbeddings:
@@ -136,7 +122,7 @@ def in_reader_order(folder: Path, split: str, records: list[int]) -> SplitEmbedd
                            category_ids=stored.category_ids[rows], image_ids=stored.image_ids[rows])
 
 
-def _submission_and_scores(group: str, query: SplitEmbeddings, index: SplitEmbeddings, config: PipelineConfig,
+def submission_and_scores(group: str, query: SplitEmbeddings, index: SplitEmbeddings, config: PipelineConfig,
                            embeddings_dir: Path, out_dir: Path) -> ExtractionResult:
     neighbours, _ = nearest_neighbours(query.vectors, index.vectors, k=min(SUBMISSION_TOP, len(index.vectors)))
     ranked = ((query_id.decode(), [index.image_ids[i].decode() for i in row])

@@ -4,7 +4,6 @@ Errors the user can fix (our `UserError`s and invalid options) print one message
 and exit with status 2, without a traceback; anything else is a bug and keeps it.
 """
 
-import argparse
 import signal
 import sys
 from pathlib import Path
@@ -12,106 +11,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
+from pipeline.cli_options import command_line
 from pipeline.redaction import redact
 from tfrecords.errors import UserError
 
 EXIT_USER_ERROR = 2
-
-
-def _size(text: str) -> int:
-    """'128MB', '64k', '1e6' or '1000' -> bytes (decimal units, as disk sizes are sold)."""
-    units = {"k": 10**3, "m": 10**6, "g": 10**9}
-    cleaned = text.strip().lower().removesuffix("b")
-    try:
-        if cleaned and cleaned[-1] in units:
-            return int(float(cleaned[:-1]) * units[cleaned[-1]])
-        return int(float(cleaned))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 128MB, 500k or 1000000") from None
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pvs", description="Train product visual search models.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    demo = commands.add_parser("demo-data", help="generate the offline demo product dataset")
-    demo.add_argument("out_dir", type=Path)
-    demo.add_argument("--products", type=int, default=60)
-    demo.add_argument("--shots", type=int, default=6, help="images per product")
-    demo.add_argument("--categories", type=int, default=5)
-    demo.add_argument("--image-size", type=int, default=96, help="pixels of the longer side")
-    demo.add_argument("--seed", type=int, default=0)
-    # Difficulty knobs; left out, DemoOptions' defaults (tfrecords/demo_data.py) apply.
-    demo.add_argument("--similarity", type=float, help="how alike the products of a category are, 0-1; higher is harder")
-    demo.add_argument("--clutter", type=float, help="share of shots in a cluttered scene rather than a studio, 0-1")
-
-    ingest = commands.add_parser("ingest", help="images (CSV or folder) to sharded TFRecords")
-    ingest.add_argument("source", type=Path, help="a CSV (path, product_id[, category][, split]) or an image folder")
-    ingest.add_argument("out_dir", type=Path)
-    ingest.add_argument("--shard-size", type=_size, default="128MB", help="target bytes per shard (default 128MB)")
-    ingest.add_argument("--val-fraction", type=float, default=0.1)
-    ingest.add_argument("--test-fraction", type=float, default=0.1)
-    ingest.add_argument("--seed", type=int, default=0)
-    ingest.add_argument("--workers", type=int, default=None, help="parallel shard writers (default: CPU count)")
-    ingest.add_argument("--strict", action="store_true", help="fail on the first unusable image")
-    ingest.add_argument("--no-progress", action="store_true")
-
-    verify = commands.add_parser("verify", help="check every shard of a folder against its manifest")
-    verify.add_argument("data_dir", type=Path)
-
-    preview = commands.add_parser("preview", help="draw what the reading pipeline gives the model")
-    preview.add_argument("data_dir", type=Path)
-    preview.add_argument("--out", type=Path, default=None, help="PNG path (default DATA_DIR/preview.png)")
-    preview.add_argument("--image-size", type=int, default=96)
-
-    search = commands.add_parser("search", help="the index items most similar to images, with a run's final model")
-    search.add_argument("images", type=Path, metavar="IMAGE_OR_FOLDER",
-                        help="an image, or a folder searched recursively")
-    search.add_argument("--run", dest="run_dir", required=True, metavar="RUN_DIR",
-                        help="a run folder (or gs:// URL) written by `pvs run`; its final split's index is searched")
-    search.add_argument("--top", type=_at_least_one, default=10, help="results per image (default 10)")
-    search.add_argument("--sheet", type=Path, default=None, help="also draw the results as a contact sheet (PNG)")
-    _cache_dir_option(search)
-
-    run = commands.add_parser("run", help="train: ingestion, baseline, the phases and extraction (resumable)")
-    run.add_argument("--config", type=Path, required=True, help="a YAML file, e.g. configs/demo.yaml")
-    run.add_argument("--run-dir", default=None, help="a folder or a gs:// URL (default runs/<config name>)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. phases.full.epochs=3 (repeatable)")
-    run.add_argument("--force", nargs="+", default=[], metavar="STEP",
-                     help="recompute these steps: ingest, baseline, a phase name, extraction")
-
-    commands.add_parser("configs", help="list the named configs of the library (configs/) and what each is for")
-
-    report = commands.add_parser("report", help="the leaderboard of one or more runs, and their chart")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders or gs:// URLs")
-    report.add_argument("--chart", type=Path, default=None,
-                        help="PNG path (default RUN_DIR/report.png for one run, its local mirror's for a gs:// one; "
-                             "./comparison.png for several)")
-    _cache_dir_option(report)
-
-    compare = commands.add_parser("compare", help="runs side by side: scores per phase, test score, model size, time")
-    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders or gs:// URLs")
-    compare.add_argument("--chart", type=Path, default=Path("comparison.png"), help="PNG path (default ./comparison.png)")
-    compare.add_argument("--table", type=Path, default=None, help="also write the table as markdown to this file")
-    _cache_dir_option(compare)
-    return parser
-
-
-def _cache_dir_option(command) -> None:
-    command.add_argument("--cache-dir", default=None, metavar="DIR",
-                         help="where gs:// run folders are mirrored (default: storage.cache_dir's default, "
-                              "~/.cache/product-visual-search)")
 
 
 def _fetched(location: str, cache_dir: str | None, parts: tuple[str, ...] = ()) -> Path:
@@ -145,18 +49,29 @@ def _run(args) -> None:
     # gs:// buckets and objects
     check_locations(args.run_dir or "", config.data.source, config.model.weights, config.storage.read_shards)
 
-    from flows import finetune
     from pipeline.prefect_server import prefect_api
-    from pipeline.running import RunRequest
+
+    request = []
+
+    def meanwhile() -> None:
+        # While a temporary Prefect server starts: the flow's imports (TensorFlow, Prefect's
+        # engine: seconds the server's own start then hides), then force and the worker's
+        # role, checked once.
+        from pipeline.running import RunRequest
+
+        request.append(RunRequest.of(config, str(args.config), overrides, run_dir, args.force))
+
+    with prefect_api(meanwhile):  # PREFECT_API_URL's server, checked to answer, or a temporary one
+        from flows import finetune
+
+        finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force,
+                 request=request[0])
     from pipeline.reports import read_scores
     from pipeline.scores import ScoreTable
     from pipeline.storage.remote import is_remote
     from pipeline.storage.run_store import RunRoot
     from pipeline.storage.shard_cache import StorageSettings
 
-    request = RunRequest.of(config, str(args.config), overrides, run_dir, args.force)  # force and role checked once
-    with prefect_api():  # PREFECT_API_URL's server, checked to answer, or a temporary one
-        finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force, request=request)
     local = RunRoot(run_dir, StorageSettings.of(config)).local  # a gs:// run's local mirror holds the same files
     table = ScoreTable(local / "scores.csv")
     table.rows = read_scores(local)
@@ -208,7 +123,7 @@ def _compare(args) -> None:
     from pipeline.outputs import output_file
 
     with output_file(args.chart, "--chart", "comparison.png"), output_file(args.table, "--table", "comparison.md"):
-        folders = [_fetched(run_dir, args.cache_dir, ("model", "embeddings manifest")) for run_dir in args.run_dirs]
+        folders = [_fetched(run_dir, args.cache_dir, ("model", "embeddings_manifest")) for run_dir in args.run_dirs]
         runs = read_runs(folders, names=run_names(args.run_dirs))
         print(f"{CAPTION}:\n")
         print(render_text(runs))
@@ -220,7 +135,7 @@ def _compare(args) -> None:
 
 def demo_options(arguments: list[str]):
     """The DemoOptions that `pvs demo-data ARGUMENTS` writes with (ARGUMENTS: the output folder and options)."""
-    return _demo_options(_parser().parse_args(["demo-data", *arguments]))
+    return _demo_options(command_line().parse_args(["demo-data", *arguments]))
 
 
 def _demo_options(args):
@@ -308,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.prefect_server import kill_servers
     from pipeline.stopping import exit_status, stop_on_signals
 
-    args = _parser().parse_args(argv)
+    args = command_line().parse_args(argv)
     try:
         with stop_on_signals(at_once=kill_servers):
             COMMANDS[args.command](args)

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tfrecords.errors import UserError
 
@@ -32,21 +32,27 @@ class PrefectServerError(UserError):
     """PREFECT_API_URL names a server that does not answer, or the temporary one did not start."""
 
 
+def _nothing() -> None:
+    return None
+
+
 @contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
+def prefect_api(meanwhile: Callable[[], None] = _nothing) -> Iterator[str]:
     """Yield the Prefect API URL of this run, with Prefect's settings pointing at it.
 
     With PREFECT_API_URL set, its server must answer (PrefectServerError otherwise, before
     anything runs). Without, a temporary server is started for the block and stopped at its
-    end, whatever ends it."""
+    end, whatever ends it. `meanwhile()` runs while the temporary server starts (the run's
+    own imports: TensorFlow, the flow; seconds that would otherwise follow its start)."""
     from prefect.settings import PREFECT_API_URL
 
     configured = PREFECT_API_URL.value()
     if configured:
         check_answers(configured)
+        meanwhile()
         yield configured
         return
-    with temporary_server() as url:
+    with temporary_server(meanwhile) as url:
         yield url
 
 
@@ -71,8 +77,9 @@ def _reason(error: Exception) -> str:
 
 
 @contextlib.contextmanager
-def temporary_server() -> Iterator[str]:
-    """A Prefect server on a free port of 127.0.0.1, in its own session, for the block."""
+def temporary_server(meanwhile: Callable[[], None] = _nothing) -> Iterator[str]:
+    """A Prefect server on a free port of 127.0.0.1, in its own session, for the block;
+    `meanwhile()` runs once it is started, before it is waited for."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     port = _free_port()
@@ -82,6 +89,7 @@ def temporary_server() -> Iterator[str]:
     try:
         print(f"temporary Prefect server on http://127.0.0.1:{port} (pid {process.pid}), stopped at the end of the run",
               file=sys.stderr, flush=True)
+        meanwhile()
         _wait_until_up(process, url)
         with temporary_settings(updates={PREFECT_API_URL: url}):
             try:

@@ -80,8 +80,7 @@ def run_step(task_fn, work: Work, forced: set[str] | frozenset[str], run_root: R
     if run_root.read_only:
         train = None
         if task_fn is train_phase:
-            lockstep = {name: value for name, value in arguments.items() if name != "root"}
-            train = lambda: train_phase_in_lockstep(work, **lockstep)  # noqa: E731
+            train = lambda: train_phase_in_lockstep(work, **arguments)  # noqa: E731
         return run_as_other_worker(work, run_root, arguments["config"], train)
     fresh = ready_folder(work, work.name in forced, run_root)
     return finish_step(work, run_root, task_fn.with_options(refresh_cache=fresh)(work, **arguments))

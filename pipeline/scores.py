@@ -49,12 +49,11 @@ class ScoreTable:
         return "\n".join(lines)
 
 
-def phase_rows(output: dict, final_split: str) -> list[dict]:
+def phase_rows(rows: list[dict], final_scores: dict | None, final_split: str) -> list[dict]:
     """A finished phase's score rows, its last one extended with the scores of the final
     split (`test_mar_at_10`, ...), measured once at the end of the phase."""
-    rows = [dict(row) for row in output["rows"]]
-    final = output.get("final_scores")
-    if final and rows:
+    rows = [dict(row) for row in rows]
+    if final_scores and rows:
         prefix = f"{final_split}_"
-        rows[-1].update({(key if key.startswith(prefix) else prefix + key): value for key, value in final.items()})
+        rows[-1].update({(key if key.startswith(prefix) else prefix + key): value for key, value in final_scores.items()})
     return rows

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.records import Record, RecordedFile, Work, peek_record, write_record
+from pipeline.scores import phase_rows
 from tfrecords.manifest import MANIFEST_NAME, ShardSet
 
 if TYPE_CHECKING:
@@ -112,12 +113,7 @@ class PhaseOutput:
     def scored_rows(self, final_split: str) -> list[dict]:
         """The score rows, the last one extended with the scores of the final split
         (`test_mar_at_10`, ...), measured once at the end of the phase."""
-        rows = [dict(row) for row in self.rows]
-        if self.final_scores and rows:
-            prefix = f"{final_split}_"
-            rows[-1].update({(key if key.startswith(prefix) else prefix + key): value
-                             for key, value in self.final_scores.items()})
-        return rows
+        return phase_rows(self.rows, self.final_scores, final_split)
 
     @classmethod
     def write(cls, work: Work, result: "PhaseResult") -> "PhaseOutput":

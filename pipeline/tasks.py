@@ -126,27 +126,27 @@ def score_baseline(work: Work, config: PipelineConfig, data: IngestedData) -> Ba
 
 @cached_task(PhaseOutput)
 def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: IngestedData, previous: ModelFile | None,
-                root: RunRoot | None = None) -> PhaseOutput:
+                root: RunRoot) -> PhaseOutput:
     """Train (or resume) one phase in `work.folder`; returns its final model and score rows.
 
-    `previous` is the model of the phase before, None for the first. With a gs:// `root`,
-    the folder is pushed to the bucket after every epoch (checkpoint included), so the
-    phase can resume on another machine.
+    `previous` is the model of the phase before, None for the first. The folder is pushed to
+    `root` after every epoch (checkpoint included; nothing to do for a local root), so a
+    phase in a bucket can resume on another machine.
     """
     return PhaseOutput.write(work, _train(work, config, phase_name, data, previous, root))
 
 
 @task(task_run_name="{work.name}", persist_result=False)
 def train_phase_in_lockstep(work: Work, config: PipelineConfig, phase_name: str, data: IngestedData,
-                            previous: ModelFile | None) -> None:
+                            previous: ModelFile | None, root: RunRoot) -> None:
     """A worker that is not the chief of a multi-worker cluster: trains the phase in lockstep
     with the chief (from the checkpoint the flow pulled from the bucket) and writes nothing:
     no record, no cache entry. The flow takes the phase's model from the chief's record."""
-    _train(work, config, phase_name, data, previous, None)
+    _train(work, config, phase_name, data, previous, root)  # reports nothing, so pushes nothing
 
 
 def _train(work: Work, config: PipelineConfig, phase_name: str, data: IngestedData, previous: ModelFile | None,
-           root: RunRoot | None) -> PhaseResult:
+           root: RunRoot) -> PhaseResult:
     """Run (or resume) the phase in `work.folder`, reporting each epoch's scores."""
     logger = get_run_logger()
     phase = config.phase(phase_name)
@@ -154,8 +154,7 @@ def _train(work: Work, config: PipelineConfig, phase_name: str, data: IngestedDa
 
     def report(row: dict) -> None:
         scores(row)
-        if root is not None:
-            root.push(work.folder)
+        root.push(work.folder)
 
     context = PhaseContext(
         data_dir=data.data_dir,

@@ -56,16 +56,48 @@ def test_read_order_is_the_order_of_the_reader(ingested):
     assert [image["image_id"] for image in one.as_numpy_iterator()] == per_shard[3]
 
 
+def extract_in_one_pass(model_path, model_sha256: str, config, data_dir, out_dir):
+    """The reference the per-shard extraction must equal: the final split's queries and index
+    embedded whole, in one process, then written, scored and ranked as `merge` does."""
+    from phases.checkpoints import load_model
+    from phases.extraction import final_group, submission_and_scores
+    from phases.scoring import embed_split
+    from tfrecords.embeddings import EmbeddingWriter
+
+    group = final_group(config, read_manifest(data_dir, ImageManifest))
+    model = load_model(model_path, model_sha256, compile=False)
+    size, batch = config.data.image_size, config.evaluation.batch_size
+    query = embed_split(model, data_dir, f"{group}_query", size, batch)
+    index = embed_split(model, data_dir, f"{group}_index", size, batch)
+    embeddings_dir = out_dir / "embeddings"
+    with EmbeddingWriter(embeddings_dir, dim=query.vectors.shape[1], metadata={"model_sha256": model_sha256}) as writer:
+        for name, part in ((f"{group}_query", query), (f"{group}_index", index)):
+            writer.add(name, part.vectors, part.image_ids, part.product_ids, part.category_ids)
+    return submission_and_scores(group, query, index, config, embeddings_dir, out_dir)
+
+
+def extract(model_path, model_sha256: str, config, data_dir, out_dir):
+    """The pipeline's extraction, without Prefect: each image shard of the final split
+    embedded on its own (`embed_shard`), then merged, scored and ranked (`merge`)."""
+    from phases.extraction import embed_shard, final_shards, merge
+
+    group, shards = final_shards(config, data_dir)
+    parts = [out_dir / "shards" / shard.file for shard in shards]
+    for shard, part in zip(shards, parts):
+        embed_shard(model_path, model_sha256, config, data_dir, shard, part)
+    return merge(parts, model_sha256, config, group, out_dir / "merged")
+
+
 @pytest.mark.slow
 def test_shards_embedded_one_by_one_and_merged_equal_the_whole_split_extraction(ingested, embedder, tmp_path):
     from phases.checkpoints import load_model
-    from phases.extraction import embed_shard, extract, final_shards, in_reader_order, merge
+    from phases.extraction import embed_shard, final_shards, in_reader_order, merge
     from phases.scoring import embed_split
 
     path, sha256 = embedder
     # Batches of 4: the whole split's straddle its shards, and a shard's last one is short.
     config = PipelineConfig.model_validate(tiny_config(ingested, batch_size=4))
-    whole = extract(path, sha256, config, ingested, tmp_path / "whole")
+    whole = extract_in_one_pass(path, sha256, config, ingested, tmp_path / "whole")
 
     group, shards = final_shards(config, ingested)
     assert group == "test" and [shard.split for shard in shards].count("test_index") == 3
@@ -81,7 +113,7 @@ def test_shards_embedded_one_by_one_and_merged_equal_the_whole_split_extraction(
     model = load_model(path, sha256, compile=False)
     for kind in ("query", "index"):
         name = f"{group}_{kind}"
-        expected = embed_split(model, ingested, name, 32, config.evaluation.batch_size)  # what `extract` embeds
+        expected = embed_split(model, ingested, name, 32, config.evaluation.batch_size)  # what the whole-split extraction embeds
         got = in_reader_order(merged.embeddings_dir, name, [shard.records for shard in shards if shard.split == name])
         # The same rows in the same order; the vectors to float32 rounding: a row embedded in a batch of
         # another size (a shard's last batch is short, the whole split's batches straddle shards) may take
@@ -100,7 +132,6 @@ def test_shards_embedded_one_by_one_and_merged_equal_the_whole_split_extraction(
 
 @pytest.mark.slow
 def test_image_ids_with_spaces_commas_and_non_ascii_come_back_from_an_extraction_submission(embedder, tmp_path):
-    from phases.extraction import extract
     from phases.submission import read_submission
     from reliability.test_ingest_inputs import AWKWARD_NAMES, awkward_source
     from tfrecords.ingest import ingest

@@ -10,14 +10,14 @@ from pipeline.storage.run_store import RunRoot
 from pipeline.storage.shard_cache import StorageSettings
 from tfrecords.manifest import MANIFEST_NAME
 
-RUN_PARTS = ("model", "embeddings", "embeddings manifest", "data")
+RUN_PARTS = ("model", "embeddings", "embeddings_manifest", "data")
 
 
 def fetch_run(location: str, settings: StorageSettings, parts: Sequence[str] = ()) -> Path:
     """A run folder to read: a local folder as it is; a remote one pulled into its local
     mirror, which is returned: the files at its root (scores, run.json, run-config.yaml,
     charts), then each of `parts` the finished run.json names: "model" (the final model's
-    step folder), "embeddings" (the extraction's), "embeddings manifest" (only the
+    step folder), "embeddings" (the extraction's), "embeddings_manifest" (only the
     embeddings' manifest), "data" (the ingested images, through the shard cache)."""
     root = RunRoot(location, settings)
     if root.remote is None:
@@ -39,7 +39,7 @@ def fetch_run(location: str, settings: StorageSettings, parts: Sequence[str] = (
             root.pull_finished(steps["final_model"])
         elif part == "embeddings" and "embeddings" in steps:
             root.pull_finished(steps["embeddings"])
-        elif part == "embeddings manifest" and "embeddings" in steps:
+        elif part == "embeddings_manifest" and "embeddings" in steps:
             root.pull_finished(steps["embeddings"], only=[f"embeddings/{MANIFEST_NAME}"])
         elif part == "data":
             root.pull_finished(root.local / "data")

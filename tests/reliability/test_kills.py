@@ -14,6 +14,7 @@ lands wherever the process is a moment later (mid-epoch, mid-extraction).
 import fnmatch
 import os
 import random
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +51,21 @@ def stage(landmark: str) -> str:
     return landmark.split("/")[0] if "/" in landmark else "summary"
 
 
-def next_kill_point(pending: list[str], kills_left: int, rng: random.Random) -> KillPoint:
+def inside_an_epoch(landmark: str) -> bool:
+    """A checkpoint written inside an epoch (`runtime.checkpoint_every`)."""
+    return "/checkpoints/" in landmark and "-step-" in landmark
+
+
+def next_kill_point(pending: list[str], kills_left: int, rng: random.Random, inside_yet: bool = True) -> KillPoint:
     """A landmark not yet reached, drawn from the next 1/kills_left of what is left (so
-    the kills spread over the pipeline); the last one falls in the extraction."""
+    the kills spread over the pipeline); the last one falls in the extraction. Halfway,
+    unless one did already, a kill falls at one of the next checkpoints inside an epoch."""
     extraction = [name for name in pending if stage(name).startswith("extraction")]
+    inside = [name for name in pending if inside_an_epoch(name)]
     if kills_left == 1 and extraction:
         landmark = rng.choice(extraction)
+    elif not inside_yet and kills_left <= KILLS // 2 and inside:
+        landmark = rng.choice(inside[:3])
     else:
         landmark = rng.choice(pending[: max(1, len(pending) // kills_left)])
     # A delayed kill near the end might come after the process has ended.
@@ -87,16 +97,20 @@ def killed_run(reference, demo_images, prefect_server, tmp_path_factory):
     run_dir = folder / "run"
     rng = random.Random(seed)
     once = [name for name in reference.landmarks if reference.landmarks.count(name) == 1 and name != "run.json"]
-    kills, damage = [], []
+    kills, damage, reached = [], [], set()
     for number in range(1, KILLS + 1):
-        pending = [name for name in once if not (run_dir.exists() and written(run_dir, name))]
+        # Reached: renamed into place by a run before (pruned checkpoints are gone, but reached).
+        pending = [name for name in once if name not in reached and not (run_dir.exists() and written(run_dir, name))]
         if not pending:
             break
-        point = next_kill_point(pending, KILLS - len(kills), rng)
+        point = next_kill_point(pending, KILLS - len(kills), rng, any(inside_an_epoch(p.landmark) for p, _ in kills))
         before = finished_files(run_dir) if run_dir.exists() else {}
-        run = start_run(config, run_dir, prefect_server, folder / f"run-{number}.log",
+        writes = folder / f"run-{number}.writes"
+        run = start_run(config, run_dir, prefect_server, folder / f"run-{number}.log", PVS_TEST_WRITE_LOG=str(writes),
                         PVS_TEST_KILL_AT=point.landmark, PVS_TEST_KILL_DELAY=str(point.delay))
         code = run.wait()
+        # The landmark of a kill mid-write is logged, but only renamed by the next run.
+        reached |= set(writes.read_text().split() if writes.exists() else ()) - ({point.landmark} if point.delay == 0 else set())
         if code == 0:
             kills.append((point, "not killed: the run ended first"))
             break
@@ -116,6 +130,7 @@ def test_killed_runs_resume_keep_finished_work_and_match_the_uninterrupted_run(k
     done = [point for point, outcome in kills if outcome == "killed"]
     assert len(done) == KILLS, f"seed {seed}: only {len(done)} kills landed: {kills}"
     assert {stage(point.landmark) for point in done} >= {"data", "extraction-*"}, f"seed {seed}: {kills}"
+    assert any(inside_an_epoch(point.landmark) for point in done), f"seed {seed}: no kill inside an epoch: {kills}"
     assert damage == [], f"seed {seed}: finished work was redone: {damage}"
     assert_same_scores(read_scores(run_dir), reference.scores)
     assert (run_dir / "submission.csv").read_bytes() == reference.submission, f"seed {seed}"
@@ -162,7 +177,8 @@ def test_damaged_or_deleted_files_are_found_by_digest_and_recomputed(killed_run,
     assert states(output) == {"ingest": "Cached", "baseline": "Cached", "top": "Cached", "block7a": "Cached",
                               "full": "Cached", "siamese": "Completed", "extraction": "Completed"}
     assert "siamese: no trustworthy result" in output
-    assert "siamese: resumed after epoch 1 from its checkpoint" in output  # the altered epoch-2 checkpoint was not used
+    # The altered epoch-2 checkpoint was not used: the one before it was, inside epoch 2.
+    assert re.search(r"siamese: resumed after epoch 1, step \d+ of epoch 2, from its checkpoint", output)
     assert rewritten(untouched, run_dir) == []
     assert_same_scores(read_scores(run_dir), reference.scores)
     assert (run_dir / "submission.csv").read_bytes() == reference.submission
