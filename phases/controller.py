@@ -61,7 +61,8 @@ class Trainer:
         return local_model(model)
 
     def plan_epoch(self, model: keras.Model, epoch: int) -> EpochPlan:
-        return EpochPlan(advice=f"Lower the learning rate ({getattr(self.phase, 'learning_rate', '?')}) and run again.")
+        """What is set before epoch `epoch` (0-based): row fields and the advice for a NaN loss."""
+        return EpochPlan()
 
     def batches(self, epoch: int, strategy: tf.distribute.Strategy):
         """Epoch `epoch`'s training batches (a tf.data.Dataset or a keras PyDataset), in an

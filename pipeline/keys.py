@@ -96,6 +96,12 @@ def weights_digest(config: PipelineConfig) -> str | None:
     return _file_sha256(str(Path(weights).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
+def runtime_settings(config: PipelineConfig) -> dict:
+    """The runtime section as far as it decides what a model computes: all of it but
+    `checkpoint_every` (how often a phase saves, not what it trains)."""
+    return config.runtime.model_dump(exclude={"checkpoint_every"})
+
+
 def shared_settings(config: PipelineConfig) -> dict:
     """What every scored model depends on besides its own phase: model (and the weights
     file's content), inputs, runtime, evaluation."""
@@ -103,7 +109,7 @@ def shared_settings(config: PipelineConfig) -> dict:
         "model": config.model.model_dump(),
         "weights_sha256": weights_digest(config),
         "inputs": config.data.model_dump(include={"image_size", "batch_size", "shuffle_buffer"}),
-        "runtime": config.runtime.model_dump(exclude={"checkpoint_every"}),  # how often it saves, not what
+        "runtime": runtime_settings(config),
         "evaluation": config.evaluation.model_dump(exclude={"extraction_concurrency"}),  # how fast, not what
     }
 
@@ -163,7 +169,7 @@ def vector_settings(config: PipelineConfig) -> dict:
         "model": config.model.model_dump(),
         "image_size": config.data.image_size,
         "batch_size": config.evaluation.batch_size,
-        "runtime": config.runtime.model_dump(exclude={"checkpoint_every"}),  # how often it saves, not what
+        "runtime": runtime_settings(config),
     }
 
 
