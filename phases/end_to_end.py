@@ -18,14 +18,15 @@ import keras
 import tensorflow as tf
 
 from phases.checkpoints import load_model
+from phases.class_centers import product_classes, with_class_centers, without_class_centers
 from phases.controller import Trainer
-from phases.distribute import alike_every_iteration, several_workers
+from phases.distribute import alike_every_iteration, local_model, several_workers
 from phases.errors import ConfigError
 from phases.losses import compile_for_schedule, schedule_plan
 from phases.model import backbone_of, build_embedder, build_projection, set_trainable
 from phases.scoring import score_split
 from phases.starting import class_labels, initial_classifier
-from phases.unit import EpochPlan, epoch_seed, seed_model_randomness
+from phases.unit import EMBEDDER_FILE, EpochPlan, FinalModels, epoch_seed, seed_model_randomness
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_view_groups
@@ -36,7 +37,9 @@ VIEW_LABEL_BUCKETS = 2**62
 
 
 class EndToEndTrainer(Trainer):
-    """The trainer of kind `end_to_end`; its final model is `embedder.keras`."""
+    """The trainer of kind `end_to_end`; its final model is `embedder.keras`. With a class-centre
+    loss it trains the embedder followed by product centres, which only its checkpoints keep
+    (phases/class_centers.py)."""
 
     def prepare(self, is_chief: bool) -> None:
         self.manifest = read_manifest(self.context.data_dir, ImageManifest)
@@ -62,6 +65,8 @@ class EndToEndTrainer(Trainer):
         head = build_projection(backbone.output_shape[-1], phase.projection_dim, phase.head, phase.hidden_dim,
                                 phase.head_dropout)
         model = build_embedder(backbone, head)
+        if phase.has_class_centers:
+            model = with_class_centers(model, product_classes(self.manifest), phase.margin_loss.centers)
         set_trainable(model, phase, config.model.freeze_batch_norm, config.model.architecture)
         compile_for_schedule(model, phase, config.runtime.jit_compile)
         return model
@@ -69,6 +74,9 @@ class EndToEndTrainer(Trainer):
     def resumed_model(self, model: keras.Model) -> keras.Model:
         set_trainable(model, self.phase, self.config.model.freeze_batch_norm, self.config.model.architecture)
         return model
+
+    def scorer(self, model: keras.Model) -> keras.Model:
+        return local_model(without_class_centers(model))
 
     def plan_epoch(self, model: keras.Model, epoch: int) -> EpochPlan:
         return schedule_plan(model, self.phase, epoch)
@@ -81,6 +89,9 @@ class EndToEndTrainer(Trainer):
 
     def score(self, scorer: keras.Model, group: str) -> dict:
         return score_split(scorer, self.config, self.context.data_dir, group, None, verify=False)
+
+    def final_models(self, model: keras.Model) -> FinalModels:
+        return FinalModels(model=(EMBEDDER_FILE, without_class_centers(model)))
 
 
 def training_batches(phase, config, data_dir: Path, epoch: int, several_workers: bool = False) -> tf.data.Dataset:

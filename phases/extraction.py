@@ -31,15 +31,17 @@ import numpy as np
 
 from phases.checkpoints import load_model
 from phases.config import PipelineConfig
-from phases.metrics import nearest_neighbours
-from phases.scoring import SplitEmbeddings, embedding_scores
+from phases.retrieval import Whitening, retrieve
+from phases.scoring import SplitEmbeddings, embedding_scores, whitening_for
 from phases.submission import SUBMISSION_NAME, write_submission
+from phases.views import embed_views
 from tfrecords.embeddings import EmbeddingWriter, load_embeddings, merge_embeddings
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, ShardEntry, read_manifest
 from tfrecords.options import ReadOptions
 from tfrecords.reader import read_images, read_order
 
 SUBMISSION_TOP = 10
+WHITENING_NAME = "whitening.npz"
 _loaded = threading.local()  # the final model last loaded by this thread: `final_model`
 
 
@@ -49,6 +51,7 @@ class ExtractionResult:
     embeddings_dir: Path
     submission_path: Path
     scores: dict
+    whitening_path: Path | None = None  # `evaluation.retrieval.whitening`'s, learned by the final model
 
 
 def final_group(config: PipelineConfig, manifest: ImageManifest) -> str:
@@ -80,14 +83,14 @@ def embed_shard(model_path: Path, model_sha256: str, config: PipelineConfig, dat
                 out_dir: Path) -> EmbeddingManifest:
     """Embed one image shard (of the final split's query or index set) into `out_dir`: an
     embeddings folder of set `shard.split`, its rows in the shard's record order, each file
-    written atomically, the manifest (metadata: the model's and the image shard's sha256) last."""
+    written atomically, the manifest (metadata: the model's and the image shard's sha256) last.
+    With test-time augmentation, each row is the mean of its image's views (phases/views.py)."""
     model = final_model(model_path, model_sha256)
     options = ReadOptions(image_size=config.data.image_size, batch_size=config.evaluation.batch_size, deterministic=True)
     metadata = {"model_sha256": model_sha256, "image_shard": shard.file, "image_shard_sha256": shard.sha256}
     writer = None
     for batch in read_images(data_dir, shard.split, options, shard_files=[shard.file]).as_numpy_iterator():
-        output = model.predict_on_batch(batch["image"])  # as embed_split: [embeddings, probabilities] or embeddings
-        vectors = np.asarray(output[0] if isinstance(output, (list, tuple)) else output, dtype=np.float32)
+        vectors, _ = embed_views(model, batch["image"], config.evaluation.test_time_augmentation)  # as embed_split
         writer = writer or EmbeddingWriter(out_dir, dim=vectors.shape[1], metadata=metadata)
         writer.add(shard.split, vectors, batch["image_id"], batch["product_id"], batch["category_id"])
     if writer is None:
@@ -95,9 +98,13 @@ def embed_shard(model_path: Path, model_sha256: str, config: PipelineConfig, dat
     return writer.close()
 
 
-def merge(parts: list[Path], model_sha256: str, config: PipelineConfig, group: str, out_dir: Path) -> ExtractionResult:
+def merge(parts: list[Path], model_path: Path, model_sha256: str, config: PipelineConfig, data_dir: Path, group: str,
+          out_dir: Path) -> ExtractionResult:
     """The folders of `embed_shard` for `group`'s shards (in `final_shards` order) as one
-    embeddings folder, then the submission and the scores as `extract` writes them."""
+    embeddings folder, then the submission and the scores as `extract` writes them. When
+    `evaluation.retrieval.whitening` asks for one, the final model learns it here (on train
+    images, `whitening_for`) and it is saved as `whitening.npz`, for the submission, the
+    scores and `pvs search`."""
     embeddings_dir = out_dir / "embeddings"
     merge_embeddings(parts, embeddings_dir, metadata={"model_sha256": model_sha256})
     records: dict[str, list[int]] = {}  # per set, the rows of each part
@@ -107,7 +114,12 @@ def merge(parts: list[Path], model_sha256: str, config: PipelineConfig, group: s
             records.setdefault(split, []).append(sum(shard.records for shard in manifest.shards_of(split)))
     query, index = (in_reader_order(embeddings_dir, f"{group}_{kind}", records.get(f"{group}_{kind}", []))
                     for kind in ("query", "index"))
-    return submission_and_scores(group, query, index, config, embeddings_dir, out_dir)
+    whitening = whitening_for(final_model(model_path, model_sha256), config, data_dir, verify=False)
+    result = submission_and_scores(group, query, index, config, embeddings_dir, out_dir, whitening)
+    if whitening is not None:
+        result.whitening_path = out_dir / WHITENING_NAME
+        whitening.save(result.whitening_path)
+    return result
 
 
 def in_reader_order(folder: Path, split: str, records: list[int]) -> SplitEmbeddings:
@@ -123,12 +135,14 @@ def in_reader_order(folder: Path, split: str, records: list[int]) -> SplitEmbedd
 
 
 def submission_and_scores(group: str, query: SplitEmbeddings, index: SplitEmbeddings, config: PipelineConfig,
-                           embeddings_dir: Path, out_dir: Path) -> ExtractionResult:
-    neighbours, _ = nearest_neighbours(query.vectors, index.vectors, k=min(SUBMISSION_TOP, len(index.vectors)))
+                          embeddings_dir: Path, out_dir: Path, whitening: Whitening | None = None) -> ExtractionResult:
+    """submission.csv (each query's SUBMISSION_TOP index ids by `phases.retrieval.retrieve`, as
+    scored) and the scores of `group`."""
+    retrieval = config.evaluation.retrieval
+    neighbours, _ = retrieve(query.vectors, index.vectors, retrieval, whitening, min(SUBMISSION_TOP, len(index.vectors)))
     ranked = ((query_id.decode(), [index.image_ids[i].decode() for i in row])
               for query_id, row in zip(query.image_ids, neighbours))
     submission = write_submission(out_dir / SUBMISSION_NAME, ranked)
-    scores = embedding_scores(
-        query.vectors, query.product_ids, index.vectors, index.product_ids, config.evaluation.triplet_sample
-    )
+    scores = embedding_scores(query.vectors, query.product_ids, index.vectors, index.product_ids,
+                              config.evaluation.triplet_sample, retrieval, whitening)
     return ExtractionResult(split=group, embeddings_dir=embeddings_dir, submission_path=submission, scores=scores)

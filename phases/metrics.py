@@ -3,14 +3,15 @@
 `retrieval_scores` searches every query embedding against an index by cosine
 similarity (the exact search of phases/exact_search.py) and returns MAR@10 (the
 eProduct leaderboard metric) with MAP@10, recall@k, precision@1 and MAP@R;
-`nearest_neighbours` returns the same search's top k (for a submission). `triplet_accuracy` is MILDNet's share of triplets that
-an embedding orders correctly. NumPy only: TensorFlow tensors (and anything else
-np.asarray takes) are accepted as inputs.
+`nearest_neighbours` returns the same search's top k (for a submission);
+`ranking_scores` scores a ranking made elsewhere (phases.retrieval's post-processed
+one). `triplet_accuracy` is MILDNet's share of triplets that an embedding orders
+correctly. NumPy only: TensorFlow tensors (and anything else np.asarray takes) are
+accepted as inputs.
 """
 
 import numpy as np
 
-from phases.phase_config import DISTANCE_METRICS
 from phases.errors import MetricInputError
 from phases.exact_search import (
     DEFAULT_BLOCK_BYTES,
@@ -19,8 +20,11 @@ from phases.exact_search import (
     search_blocks,
     squared_norms,
 )
+from phases.phase_config import DISTANCE_METRICS
 
 TOP_K = 10  # the leaderboard cut-off of MAR@10, MAP@10 and recall@10
+# ranking_scores scores this many queries at a time: ~30 bytes a ranked item each.
+RANKING_CHUNK = 4096
 # triplet_accuracy's [anchors x items] distance blocks, a few of them alive at a time.
 TRIPLET_BLOCK_BYTES = 128 * 2**20
 # The keys of retrieval_scores, in the order score tables show them.
@@ -85,26 +89,64 @@ def retrieval_scores(
     queries, index = _checked_search(query_embeddings, index_embeddings)
     query_labels = _checked_labels("query", query_labels, queries)
     index_labels = _checked_labels("index", index_labels, index)
-    relevant_counts = _relevant_counts(query_labels, index_labels)
-    scored = np.flatnonzero(relevant_counts > 0)
-    if not len(scored):
-        raise MetricInputError("no query label occurs in the index: check that both sets come from the same products")
-    # Sorted by R, the few queries with many relevant items share chunks, so the
-    # depth of every other chunk (its largest R, at least 10) stays small.
-    scored = scored[np.argsort(relevant_counts[scored], kind="stable")]
+    relevant_counts, scored = _scored_queries(query_labels, index_labels)
     depths = np.maximum(relevant_counts, TOP_K)
-
-    per_query: dict[str, np.ndarray] = {}
     chunks = search_blocks(queries, index, scored, depths, max_block_bytes, chunk_size)
-    for start, rows, ranked, _ in chunks:
-        relevant = index_labels[ranked] == query_labels[rows, None]
-        for name, values in _query_scores(relevant, relevant_counts[rows]).items():
-            per_query.setdefault(name, np.empty(len(scored)))[start : start + len(rows)] = values
+    ranked_chunks = ((start, rows, ranked) for start, rows, ranked, _ in chunks)
+    return _mean_scores(ranked_chunks, query_labels, index_labels, relevant_counts, scored)
 
-    scores: dict[str, float] = {name: float(values.mean()) for name, values in per_query.items()}
-    scores["n_queries"] = len(scored)
-    scores["n_queries_without_relevant"] = len(queries) - len(scored)
-    return {name: scores[name] for name in SCORE_NAMES}
+
+def ranking_scores(ranked_positions, query_labels, index_labels) -> dict[str, float]:
+    """retrieval_scores of a ranking made elsewhere (e.g. post-processed: phases.retrieval.retrieve).
+
+    Args:
+        ranked_positions: [n_query, depth] int index positions per query, best first; a
+            query with R relevant items needs depth >= min(max(10, R), n_index), which
+            ranking_depth gives for the whole set.
+        query_labels: [n_query] int product ids; index_labels: [n_index] int product ids.
+
+    Returns:
+        The dict of retrieval_scores, same names and definitions. For the plain
+        search's ranking (nearest_neighbours, ranking_depth deep) it equals
+        retrieval_scores'.
+
+    Raises:
+        MetricInputError: mismatched shapes, positions outside the index, a ranking
+            too shallow for some query's MAP@R, or no query with a relevant item.
+    """
+    positions, query_labels, index_labels = map(np.asarray, (ranked_positions, query_labels, index_labels))
+    fits = positions.ndim == 2 and query_labels.shape == positions.shape[:1] and index_labels.ndim == 1
+    if not fits or not positions.size or not np.issubdtype(positions.dtype, np.integer) or positions.min() < 0:
+        raise MetricInputError(
+            f"a ranking is [n_query, depth >= 1] int positions in the index, with [n_query] query and [n_index] "
+            f"index labels; got {positions.dtype} positions {list(positions.shape)}, query labels "
+            f"{list(query_labels.shape)}, index labels {list(index_labels.shape)}"
+        )
+    if positions.max() >= len(index_labels):
+        raise MetricInputError(f"ranked positions go up to {positions.max()}, past the {len(index_labels)} index items")
+    relevant_counts, scored = _scored_queries(query_labels, index_labels)
+    needed = np.minimum(np.maximum(relevant_counts[scored], TOP_K), len(index_labels))
+    too_shallow = np.flatnonzero(needed > positions.shape[1])
+    if len(too_shallow):
+        row = scored[too_shallow[0]]
+        raise MetricInputError(
+            f"the ranking holds {positions.shape[1]} items a query, but query row {row} has R = "
+            f"{relevant_counts[row]} relevant index items and MAP@R needs its top {needed[too_shallow[0]]}: "
+            f"rank ranking_depth(query_labels, index_labels) = {needed.max()} items a query"
+        )
+    chunks = (
+        (start, scored[start : start + RANKING_CHUNK], positions[scored[start : start + RANKING_CHUNK]])
+        for start in range(0, len(scored), RANKING_CHUNK)
+    )
+    return _mean_scores(chunks, query_labels, index_labels, relevant_counts, scored)
+
+
+def ranking_depth(query_labels, index_labels) -> int:
+    """How many items a query ranking_scores needs: the largest min(max(10, R), n_index) over the queries
+    with relevant items (R: index items sharing the query's label)."""
+    index_labels = np.asarray(index_labels)
+    relevant_counts, scored = _scored_queries(np.asarray(query_labels), index_labels)
+    return int(min(max(relevant_counts[scored].max(), TOP_K), len(index_labels)))
 
 
 def nearest_neighbours(
@@ -220,6 +262,33 @@ def _relevant_counts(query_labels: np.ndarray, index_labels: np.ndarray) -> np.n
     labels, counts = np.unique(index_labels, return_counts=True)
     positions = np.searchsorted(labels, query_labels).clip(max=len(labels) - 1)
     return np.where(labels[positions] == query_labels, counts[positions], 0)
+
+
+def _scored_queries(query_labels: np.ndarray, index_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R [n_query] per query, and the rows of the queries with R > 0, by increasing R (stable).
+
+    Sorted by R, the few queries with many relevant items share chunks, so the depth
+    of every other chunk of retrieval_scores (its largest R, at least 10) stays small."""
+    relevant_counts = _relevant_counts(query_labels, index_labels)
+    scored = np.flatnonzero(relevant_counts > 0)
+    if not len(scored):
+        raise MetricInputError("no query label occurs in the index: check that both sets come from the same products")
+    return relevant_counts, scored[np.argsort(relevant_counts[scored], kind="stable")]
+
+
+def _mean_scores(ranked_chunks, query_labels, index_labels, relevant_counts, scored) -> dict[str, float]:
+    """The dict of retrieval_scores from ranked_chunks: (start, rows [c], ranked positions [c, depth]) covering
+    `scored` in order (start: the chunk's offset in it), R per query relevant_counts [n_query]."""
+    per_query: dict[str, np.ndarray] = {}
+    for start, rows, ranked in ranked_chunks:
+        relevant = index_labels[ranked] == query_labels[rows, None]
+        for name, values in _query_scores(relevant, relevant_counts[rows]).items():
+            per_query.setdefault(name, np.empty(len(scored)))[start : start + len(rows)] = values
+
+    scores: dict[str, float] = {name: float(values.mean()) for name, values in per_query.items()}
+    scores["n_queries"] = len(scored)
+    scores["n_queries_without_relevant"] = len(query_labels) - len(scored)
+    return {name: scores[name] for name in SCORE_NAMES}
 
 
 def _query_scores(relevant: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:

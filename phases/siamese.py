@@ -2,8 +2,8 @@
 
 The features are those of the model phase 3 ends with (`model.features`: by default
 the output of its head's BatchNormalization, as in the seed), frozen here, so they are
-computed once (the six views of every train image, and the eval splits without
-augmentation) and cached as embedding shards: an epoch then costs a few matrix products instead of a pass
+computed once (the six views of every train image, and the eval splits' images, or each
+of their test-time views) and cached as embedding shards: an epoch then costs a few matrix products instead of a pass
 through EfficientNet. The train features are read back memory-mapped
 (`load_embeddings(mapped_in=...)`), so they need not fit in memory. The
 projection, Dense then L2 normalisation, trains on batches of `labels_per_batch`
@@ -21,6 +21,7 @@ this process's device. Under a multi-worker strategy only the chief writes into 
 work folder and reports; the other workers cache features in a temporary folder.
 """
 
+import dataclasses
 import math
 import shutil
 import tempfile
@@ -30,17 +31,21 @@ import keras
 import numpy as np
 
 from phases.checkpoints import load_model
-from phases.controller import Trainer
+from phases.class_centers import product_classes, with_class_centers, without_class_centers
 from phases.config import PipelineConfig
+from phases.controller import Trainer
+from phases.distribute import local_model
 from phases.losses import compile_for_schedule, schedule_plan
 from phases.model import build_embedder, build_projection, features_of
-from phases.scoring import embed_split, embedding_scores
+from phases.scoring import embedding_scores, learn_whitening
 from phases.starting import class_labels, initial_classifier
 from phases.unit import EMBEDDER_FILE, EpochPlan, FinalModels, epoch_seed, seed_model_randomness
+from phases.views import mean_of_views, predict_views, view_numbers
 from tfrecords.embeddings import EmbeddingArrays, EmbeddingWriter, load_embeddings
 from tfrecords.errors import ManifestError
 from tfrecords.manifest import EmbeddingManifest, ImageManifest, read_manifest
 from tfrecords.options import ReadOptions
+from tfrecords.preprocess import VIEW_NAMES
 from tfrecords.reader import read_images
 
 
@@ -76,12 +81,17 @@ class LabelBalancedBatches(keras.utils.PyDataset):
 
 
 def cache_features(backbone: keras.Model, backbone_sha256: str, config: PipelineConfig, data_dir: Path, folder: Path) -> Path:
-    """Backbone features of the six views of every train image and of the eval splits.
+    """Backbone features of the six views of every train image and of the eval splits (of
+    each view of `evaluation.test_time_augmentation`, which `project_views` averages: with
+    `six_views`, six times the eval features).
 
     Reused when the cache was made by the same backbone (sha256) from the same data.
     """
     manifest = read_manifest(data_dir, ImageManifest)
     stamp = {"backbone_sha256": backbone_sha256, "data": sorted(shard.sha256 for shard in manifest.shards)}
+    augmentation = config.evaluation.test_time_augmentation
+    if augmentation != "none":  # absent without it: caches made before the setting existed stay valid
+        stamp["eval_views"] = list(view_numbers(augmentation))
     try:
         if read_manifest(folder, EmbeddingManifest).metadata == stamp:
             return folder
@@ -93,10 +103,16 @@ def cache_features(backbone: keras.Model, backbone_sha256: str, config: Pipeline
         for element in views.as_numpy_iterator():
             vectors = backbone.predict_on_batch(element["image"])
             writer.add("train", vectors, element["image_id"], element["product_id"], element["category_id"], element["view"])
+        evaluation = ReadOptions(image_size=size, batch_size=batch, deterministic=True)  # as embed_split reads
         for split, count in manifest.counts.items():
             if split != "train" and count:
-                embedded = embed_split(backbone, data_dir, split, size, batch)
-                writer.add(split, embedded.vectors, embedded.image_ids, embedded.product_ids, embedded.category_ids)
+                # Per batch, each view's rows in turn (the `view` column says which): a view's rows
+                # taken alone are the split in reader order, as `project_views` reads them.
+                for element in read_images(data_dir, split, evaluation).as_numpy_iterator():
+                    outputs = predict_views(backbone, element["image"], augmentation)
+                    for number, vectors in zip(view_numbers(augmentation), outputs):
+                        writer.add(split, vectors, element["image_id"], element["product_id"], element["category_id"],
+                                   np.full(len(vectors), number))
     return folder
 
 
@@ -113,23 +129,45 @@ def load_group(features: Path, group: str) -> tuple[EmbeddingArrays, EmbeddingAr
 
 
 def project_scores(
-    projection: keras.Model, query: EmbeddingArrays, index: EmbeddingArrays, triplet_sample: int
+    projection: keras.Model, query: EmbeddingArrays, index: EmbeddingArrays, train: EmbeddingArrays, config: PipelineConfig
 ) -> dict:
-    """Retrieval scores and triplet accuracy (`embedding_scores`) of the projected query and index features.
+    """Retrieval scores and triplet accuracy (`embedding_scores`, with `evaluation.retrieval`) of
+    the projected query and index features (`project_views`): the scores the extraction gives
+    the final embedder. A whitening is learned on the projected train features of the images
+    `whitening_for` embeds (the same first ones in reader order, their test-time views).
 
     `projection` must predict outside any strategy (`local_model`): every row, in order."""
-    return embedding_scores(
-        projection.predict(query.vectors, verbose=0, batch_size=4096),
-        query.product_ids,
-        projection.predict(index.vectors, verbose=0, batch_size=4096),
-        index.product_ids,
-        triplet_sample,
-    )
+    whitening = None
+    options = config.evaluation.retrieval.whitening
+    if options is not None:
+        # The cache holds each train image's six views one after the other, in reader order.
+        first = rows_of(train, slice(0, options.train_images * len(VIEW_NAMES)))
+        tested = rows_of(first, np.isin(first.views, view_numbers(config.evaluation.test_time_augmentation)))
+        whitening = learn_whitening(project_views(projection, tested)[0], config.evaluation.retrieval)
+    return embedding_scores(*project_views(projection, query), *project_views(projection, index),
+                            config.evaluation.triplet_sample, config.evaluation.retrieval, whitening)
+
+
+def rows_of(arrays: EmbeddingArrays, rows) -> EmbeddingArrays:
+    """These rows (a slice or a mask) of every column, in memory (the train features are memory-mapped)."""
+    return EmbeddingArrays(*(np.asarray(getattr(arrays, field.name)[rows]) for field in dataclasses.fields(arrays)))
+
+
+def project_views(projection: keras.Model, features: EmbeddingArrays) -> tuple[np.ndarray, np.ndarray]:
+    """Cached eval features [views x n, dim] -> (embeddings [n, dim], product ids [n]): each
+    view's rows projected, then averaged as `embed_views` averages an embedder's views
+    (`mean_of_views`), so that an image's row is what the extraction embeds it as."""
+    numbers = np.unique(features.views)  # increasing, as `view_numbers` orders them
+    projected = [projection.predict(features.vectors[features.views == number], verbose=0, batch_size=4096)
+                 for number in numbers]
+    return mean_of_views(np.stack(projected)), features.product_ids[features.views == numbers[0]]
 
 
 class SiameseTrainer(Trainer):
     """The trainer of kind `siamese`. Its final models are `projection.keras` (the projection
-    alone) and `embedder.keras` (the features of the model before, then the projection)."""
+    alone) and `embedder.keras` (the features of the model before, then the projection). With
+    a class-centre loss it trains the projection followed by product centres, which only its
+    checkpoints keep (phases/class_centers.py)."""
 
     def prepare(self, is_chief: bool) -> None:
         config, context = self.config, self.context
@@ -158,8 +196,15 @@ class SiameseTrainer(Trainer):
         seed_model_randomness(epoch_seed(self.config.runtime.seed, phase.name, -1))
         projection = build_projection(self.train.vectors.shape[1], phase.projection_dim, phase.head, phase.hidden_dim,
                                       phase.head_dropout)
-        compile_for_schedule(projection, phase, self.config.runtime.jit_compile)
-        return projection
+        model = projection
+        if phase.has_class_centers:  # trained through cosines to product centres (phases/class_centers.py)
+            classes = product_classes(read_manifest(self.context.data_dir, ImageManifest))
+            model = with_class_centers(projection, classes, phase.margin_loss.centers)
+        compile_for_schedule(model, phase, self.config.runtime.jit_compile)
+        return model
+
+    def scorer(self, model: keras.Model) -> keras.Model:
+        return local_model(without_class_centers(model))
 
     def plan_epoch(self, model: keras.Model, epoch: int) -> EpochPlan:
         return schedule_plan(model, self.phase, epoch)
@@ -171,10 +216,12 @@ class SiameseTrainer(Trainer):
     def score(self, scorer: keras.Model, group: str) -> dict:
         if group not in self.groups:
             self.groups[group] = load_group(self.features, group)
-        return project_scores(scorer, *self.groups[group], self.config.evaluation.triplet_sample)
+        return project_scores(scorer, *self.groups[group], self.train, self.config)
 
     def final_models(self, model: keras.Model) -> FinalModels:
-        return FinalModels(model=(EMBEDDER_FILE, build_embedder(self.backbone, model)), others=(("projection.keras", model),))
+        projection = without_class_centers(model)
+        return FinalModels(model=(EMBEDDER_FILE, build_embedder(self.backbone, projection)),
+                           others=(("projection.keras", projection),))
 
     def extra(self) -> dict:
         return {"train_views": len(self.labels)}

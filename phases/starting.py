@@ -48,7 +48,7 @@ def initial_classifier(config: PipelineConfig, data_dir: Path, classes: int) -> 
         )
         images = read_images(data_dir, "train", options).take(config.model.batch_norm_calibration_batches)
         calibrate_batch_norm(backbone, (element["image"] for element in images))
-    return build_classifier(backbone, classes, config.model.dropout)
+    return build_classifier(backbone, classes, config.model.dropout, config.model.classifier)
 
 
 def baseline_row(config: PipelineConfig, data_dir: Path) -> dict:

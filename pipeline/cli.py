@@ -117,10 +117,9 @@ def _configs(args) -> None:
 
 def _compare(args) -> None:
     from pipeline.compare import CAPTION, read_runs, render_markdown, render_text, write_chart
+    from pipeline.outputs import output_file
     from pipeline.reports import run_names
     from tfrecords.files import write_text_atomic
-
-    from pipeline.outputs import output_file
 
     with output_file(args.chart, "--chart", "comparison.png"), output_file(args.table, "--table", "comparison.md"):
         folders = [_fetched(run_dir, args.cache_dir, ("model", "embeddings_manifest")) for run_dir in args.run_dirs]
@@ -195,7 +194,8 @@ def _preview(args) -> None:
 
 def _search(args) -> None:
     from pipeline.outputs import output_file
-    from pipeline.search import draw, embed, find_images, open_run, read_queries, render, search
+    from pipeline.search import embed, find_images, open_run, read_queries, render, search
+    from pipeline.search_sheets import draw
 
     with output_file(args.sheet, "--sheet", "sheet.png"):
         run = open_run(_fetched(args.run_dir, args.cache_dir, ("model", "embeddings", "data")))

@@ -164,11 +164,13 @@ def extraction_work(config: PipelineConfig, root: RunRoot, data: IngestedData, f
 
 def vector_settings(config: PipelineConfig) -> dict:
     """What an image's embedding depends on besides the model file: the model config, the
-    image size, the inference batch and the runtime (precision, determinism, ...)."""
+    image size, the inference batch, the test-time augmentation (the views averaged) and the
+    runtime (precision, determinism, ...)."""
     return {
         "model": config.model.model_dump(),
         "image_size": config.data.image_size,
         "batch_size": config.evaluation.batch_size,
+        "test_time_augmentation": config.evaluation.test_time_augmentation,
         "runtime": runtime_settings(config),
     }
 

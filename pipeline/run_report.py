@@ -21,7 +21,7 @@ from phases.config import PipelineConfig
 from pipeline.charts import write_score_chart
 from pipeline.reports import artifact_key, chart_markdown
 from pipeline.scores import ScoreTable
-from pipeline.search import sheet_markdown, write_run_sheet
+from pipeline.search_sheets import sheet_markdown, write_run_sheet
 from pipeline.steps import Baseline, Extraction, IngestedData, ModelFile, PhaseOutput
 from pipeline.storage import RunRoot
 from tfrecords.files import sha256_file, write_bytes_atomic, write_text_atomic
@@ -68,7 +68,7 @@ class RunReport:
         create_markdown_artifact(chart_markdown(self.title, self.chart, self.table.rows),
                                  key=artifact_key(self.name, "score-chart"),
                                  description="the leaderboard metric after each phase and epoch")
-        sheet = write_run_sheet(local / "search-sheet.png", extraction.embeddings, extraction.split, data.data_dir)
+        sheet = write_run_sheet(local / "search-sheet.png", extraction, data.data_dir, self.config.evaluation.retrieval)
         create_markdown_artifact(sheet_markdown(f"{self.name}: similar items", sheet),
                                  key=artifact_key(self.name, "search-sheet"),
                                  description="a few queries and their nearest index images, by the final model")
@@ -86,6 +86,8 @@ class RunReport:
             "final_model": where(final.path),
             "final_model_sha256": final.sha256,
             "final_split": extraction.split,
+            "whitening": None if extraction.whitening is None else where(extraction.whitening),
+            "whitening_sha256": extraction.whitening_sha256,
             "final_scores": extraction.scores,
             "search_sheet": where(sheet),
         }

@@ -6,21 +6,22 @@ The index searched is what the run's extraction embedded: the index images of it
 split (`test`, else `val`; `RUN_DIR/run.json` names it), not its queries and not train.
 Images given by the user go through the evaluation's preprocessing (`tfrecords.preprocess.
 prepare`: decode, turn upright by its EXIF orientation, pad to square, resize) and the final model, loaded in Keras safe mode
-after its sha256 is checked against run.json; similarity is the cosine, as in scoring.
+after its sha256 is checked against run.json, with the run's test-time augmentation
+(`evaluation.test_time_augmentation`, as its index was embedded); the index is searched as
+the run retrieved when it scored (`evaluation.retrieval`: its whitening, saved by the
+extraction, query expansion, re-ranking), so similarity is the cosine, as in scoring.
 A query's true product is known when its path ends with the image id of an image of the
 final split (e.g. a file of the run's own image folder): its matches are then marked.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from phases.metrics import nearest_neighbours
-from pipeline.reports import png_markdown
+from phases.retrieval import RetrievalOptions, Whitening, retrieve
 from pipeline.run_root import CONFIG_NAME, recorded_config, recorded_path, run_command
-from pipeline.sheets import Cell, write_sheet
 from tfrecords.embeddings import EmbeddingArrays, load_embeddings
 from tfrecords.errors import ImageError, UserError
 from tfrecords.images import check_image, image_format, orientation
@@ -53,7 +54,7 @@ class Query:
 @dataclass
 class Match:
     rank: int  # 1 = nearest
-    score: float  # cosine similarity, in [-1, 1]
+    score: float  # cosine similarity of the query and the item as retrieved (whitened, expanded), in [-1, 1]
     image_id: str
     product_id: int
 
@@ -68,6 +69,9 @@ class SearchIndex:
     items: EmbeddingArrays
     product_names: dict[int, str]
     products_by_image: dict[str, int]
+    # How the run retrieves (`evaluation.retrieval`) and the whitening its extraction learned.
+    retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
+    whitening: Whitening | None = None
 
 
 @dataclass
@@ -78,10 +82,13 @@ class FinishedRun:
     model_path: Path
     model_sha256: str
     batch_size: int
+    test_time_augmentation: str  # `evaluation.test_time_augmentation` of the run
 
 
-def open_index(embeddings_dir: Path, split: str, data_dir: Path, finish_hint: str = "") -> SearchIndex:
-    """The index of `split` in an extraction's `embeddings_dir`, shards checked by sha256."""
+def open_index(embeddings_dir: Path, split: str, data_dir: Path, finish_hint: str = "",
+               retrieval: RetrievalOptions | None = None, whitening: Whitening | None = None) -> SearchIndex:
+    """The index of `split` in an extraction's `embeddings_dir`, shards checked by sha256,
+    searched with `retrieval` (and its `whitening`) as the run's scores and submission were."""
     manifest = read_manifest(embeddings_dir, EmbeddingManifest)
     for shard in manifest.shards:
         problem = shard_problem(embeddings_dir, shard)
@@ -95,7 +102,8 @@ def open_index(embeddings_dir: Path, split: str, data_dir: Path, finish_hint: st
         for part in (items, queries)
         for image_id, product in zip(part.image_ids, part.product_ids)
     }
-    return SearchIndex(split, data_dir, items, {number: name for name, number in products.items()}, known)
+    return SearchIndex(split, data_dir, items, {number: name for name, number in products.items()}, known,
+                       retrieval or RetrievalOptions(), whitening)
 
 
 def open_run(run_dir: Path) -> FinishedRun:
@@ -131,9 +139,17 @@ def open_run(run_dir: Path) -> FinishedRun:
         raise RunNotSearchableError(
             f"{embeddings_dir}: computed by another model than run.json's final model; {finish}"
         )
-    index = open_index(embeddings_dir, split, _data_dir(run_dir), finish)
-    batch_size = settings.get("config", {}).get("evaluation", {}).get("batch_size", 64)
-    return FinishedRun(index, model_path, model_sha256, batch_size)
+    evaluation = settings.get("config", {}).get("evaluation", {})
+    retrieval = RetrievalOptions.model_validate(evaluation.get("retrieval") or {})  # absent: recorded before it existed
+    whitening = None
+    if retrieval.whitening is not None:
+        if not summary.get("whitening"):
+            raise RunNotSearchableError(f"{run_dir}: run.json names no whitening, which its config asks for; {finish}")
+        whitening = Whitening.load(recorded_path(summary["whitening"], summary, run_dir), summary["whitening_sha256"])
+    index = open_index(embeddings_dir, split, _data_dir(run_dir), finish, retrieval, whitening)
+    # Runs recorded before the setting existed embedded without test-time augmentation.
+    views = evaluation.get("test_time_augmentation", "none")
+    return FinishedRun(index, model_path, model_sha256, evaluation.get("batch_size", 64), views)
 
 
 def _data_dir(run_dir: Path) -> Path:
@@ -192,16 +208,17 @@ def _known_product(path: Path, products_by_image: dict[str, int]) -> int | None:
 
 
 def embed(run: FinishedRun, queries: list[Query]) -> np.ndarray:
-    """Embeddings [n, dim] of the queries by the run's final model (sha256 checked, safe mode)."""
+    """Embeddings [n, dim] of the queries by the run's final model (sha256 checked, safe mode),
+    with the run's test-time augmentation, as the extraction embedded its index."""
     from phases.checkpoints import load_model
+    from phases.views import embed_views
 
     model = load_model(run.model_path, run.model_sha256, compile=False)
     vectors = []
     for batch in query_images(queries, model.input_shape[1]).batch(run.batch_size):
         # Called eagerly, not through predict: tracing EfficientNet costs more seconds than a
         # search of a few images takes, and the model's output is the same.
-        output = model(batch, training=False)
-        vectors.append(np.asarray(output[0] if isinstance(output, (list, tuple)) else output, dtype=np.float32))
+        vectors.append(embed_views(model, batch, run.test_time_augmentation, eager=True)[0])
     return np.concatenate(vectors)
 
 
@@ -224,8 +241,10 @@ def query_images(queries: list[Query], size: int):
 
 
 def search(index: SearchIndex, vectors: np.ndarray, top: int) -> list[list[Match]]:
-    """Each query's `top` nearest index items (fewer when the index is smaller), nearest first."""
-    positions, similarities = nearest_neighbours(vectors, index.items.vectors, k=min(top, len(index.items.vectors)))
+    """Each query's `top` best index items (fewer when the index is smaller), best first, as
+    the run retrieves (`phases.retrieval.retrieve`: its post-processing, as it was scored)."""
+    depth = min(top, len(index.items.vectors))
+    positions, similarities = retrieve(vectors, index.items.vectors, index.retrieval, index.whitening, depth)
     return [
         [Match(rank, float(score), index.items.image_ids[position].decode(), int(index.items.product_ids[position]))
          for rank, (position, score) in enumerate(zip(row, scores), start=1)]
@@ -249,59 +268,3 @@ def render(queries: list[Query], results: list[list[Match]], index: SearchIndex)
             lines.append(f"{match.rank:>4}  {match.score:6.4f}  {match.image_id:<{width}}  {product}{mark}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
-
-
-def index_images(index: SearchIndex, image_ids: set[str], split: str | None = None) -> dict[str, bytes]:
-    """The encoded bytes of these images of the index (or of `split`) from the data's shards
-    (sha256 checked). Reads the split's shards until all are found: seconds per GB."""
-    import tensorflow as tf
-
-    from tfrecords.reader import parse_record, shard_paths
-
-    found: dict[str, bytes] = {}
-    records = tf.data.TFRecordDataset(shard_paths(index.data_dir, split or f"{index.split}_index")).map(parse_record)
-    for record in records.as_numpy_iterator():
-        image_id = record["image/id"].decode()
-        if image_id in image_ids:
-            found[image_id] = record["image/encoded"]
-            if len(found) == len(image_ids):
-                break
-    return found
-
-
-def draw(out: Path, queries: list[Query], results: list[list[Match]], index: SearchIndex) -> Path:
-    """The contact sheet of these results (pipeline/sheets.py): per query, the query then its
-    matches captioned with rank, score and product, outlined by whether the product is the query's."""
-    thumbnails = index_images(index, {match.image_id for matches in results for match in matches})
-    rows = []
-    for query, matches in zip(queries, results):
-        known = query.product_id is not None
-        product = index.product_names[query.product_id] if known else "unknown"
-        row = [Cell(query.encoded(), (query.name, f"query: {product}"), "query")]
-        for match in matches:
-            outline = "unknown" if not known else "match" if match.product_id == query.product_id else "other"
-            caption = (f"#{match.rank}  {match.score:.3f}", index.product_names[match.product_id])
-            row.append(Cell(thumbnails[match.image_id], caption, outline))
-        rows.append(row)
-    return write_sheet(out, rows)
-
-
-def write_run_sheet(out: Path, embeddings_dir: Path, split: str, data_dir: Path) -> Path:
-    """The sheet a run draws at its end: its first SHEET_QUERIES queries of `split` (by image
-    id) searched with their extracted embeddings, so it shows what the submission ranked."""
-    index = open_index(embeddings_dir, split, data_dir)
-    stored = load_embeddings(embeddings_dir, f"{split}_query", verify=False)
-    order = np.argsort(stored.image_ids, kind="stable")[:SHEET_QUERIES]
-    ids = [stored.image_ids[row].decode() for row in order]
-    encoded = index_images(index, set(ids), f"{split}_query")
-    queries = [Query(image_id, encoded[image_id], int(stored.product_ids[row])) for image_id, row in zip(ids, order)]
-    return draw(out, queries, search(index, stored.vectors[order], SHEET_TOP), index)
-
-
-def sheet_markdown(title: str, sheet: Path) -> str:
-    """The run's markdown artifact of its sheet, the image embedded as a data URI."""
-    return (
-        f"# {title}\n\n{png_markdown('search sheet', sheet)}\n\n"
-        f"One row per query (the first {SHEET_QUERIES} by image id), then its {SHEET_TOP} nearest index images "
-        "with rank, cosine similarity and product: green the query's product, red another.\n"
-    )

@@ -162,13 +162,16 @@ class ShardEmbeddings:
 
 @dataclass(frozen=True)
 class Extraction:
-    """The final split's embeddings (the folder of `embeddings_manifest`), `submission.csv`
-    and the scores of split `split`."""
+    """The final split's embeddings (the folder of `embeddings_manifest`), `submission.csv`,
+    the scores of split `split`, and the whitening they were ranked with (`whitening.npz`,
+    when `evaluation.retrieval.whitening` asks for one)."""
 
     split: str
     scores: dict
     submission: Path
     embeddings_manifest: Path
+    whitening: Path | None = None
+    whitening_sha256: str | None = None
 
     @property
     def embeddings(self) -> Path:
@@ -176,14 +179,17 @@ class Extraction:
 
     @classmethod
     def write(cls, work: Work, split: str, scores: dict, submission: Path, embeddings_dir: Path,
-              embeddings: ShardSet) -> "Extraction":
+              embeddings: ShardSet, whitening: Path | None = None) -> "Extraction":
         files = {"submission": submission, **shard_set_files(embeddings_dir, embeddings, "embeddings/")}
+        if whitening is not None:
+            files["whitening"] = whitening
         return cls.from_record(_write(work, {"split": split, "scores": scores}, files))
 
     @classmethod
     def from_record(cls, record: Record) -> "Extraction":
+        whitening = record.files.get("whitening")
         return cls(record.output["split"], record.output["scores"], record.files["submission"].path,
-                   record.files["embeddings/manifest"].path)
+                   record.files["embeddings/manifest"].path, *((whitening.path, whitening.sha256) if whitening else ()))
 
 
 STEP_OUTPUTS = {"ingest": IngestedData, "baseline": Baseline, "phase": PhaseOutput, "embed_shard": ShardEmbeddings,

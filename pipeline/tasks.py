@@ -186,7 +186,8 @@ def extract_embeddings(work: Work, config: PipelineConfig, data: IngestedData, f
     """The embeddings of the final split (the outputs of `embed_shard`, in shard order, merged),
     `submission.csv` and the scores."""
     group = final_group(config, read_manifest(data.data_dir, ImageManifest))
-    result = merge([shard.folder for shard in shards], final.sha256, config, group, work.folder)
+    result = merge([shard.folder for shard in shards], final.path, final.sha256, config, data.data_dir, group, work.folder)
     get_run_logger().info(f"submission: {result.split} mar_at_10 {result.scores['mar_at_10']:.4f}")
     embeddings = read_manifest(result.embeddings_dir, EmbeddingManifest)
-    return Extraction.write(work, result.split, result.scores, result.submission_path, result.embeddings_dir, embeddings)
+    return Extraction.write(work, result.split, result.scores, result.submission_path, result.embeddings_dir, embeddings,
+                            result.whitening_path)

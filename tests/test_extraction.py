@@ -85,7 +85,7 @@ def extract(model_path, model_sha256: str, config, data_dir, out_dir):
     parts = [out_dir / "shards" / shard.file for shard in shards]
     for shard, part in zip(shards, parts):
         embed_shard(model_path, model_sha256, config, data_dir, shard, part)
-    return merge(parts, model_sha256, config, group, out_dir / "merged")
+    return merge(parts, model_path, model_sha256, config, data_dir, group, out_dir / "merged")
 
 
 @pytest.mark.slow
@@ -106,7 +106,7 @@ def test_shards_embedded_one_by_one_and_merged_equal_the_whole_split_extraction(
         part = embed_shard(path, sha256, config, ingested, shard, tmp_path / "parts" / str(number))
         assert part.count == shard.records and part.metadata["image_shard_sha256"] == shard.sha256
         parts.append(tmp_path / "parts" / str(number))
-    merged = merge(parts, sha256, config, group, tmp_path / "merged")
+    merged = merge(parts, path, sha256, config, ingested, group, tmp_path / "merged")
 
     assert merged.submission_path.read_bytes() == whole.submission_path.read_bytes()
     assert merged.scores == whole.scores and merged.split == whole.split
@@ -132,8 +132,9 @@ def test_shards_embedded_one_by_one_and_merged_equal_the_whole_split_extraction(
 
 @pytest.mark.slow
 def test_image_ids_with_spaces_commas_and_non_ascii_come_back_from_an_extraction_submission(embedder, tmp_path):
-    from phases.submission import read_submission
     from reliability.test_ingest_inputs import AWKWARD_NAMES, awkward_source
+
+    from phases.submission import read_submission
     from tfrecords.ingest import ingest
     from tfrecords.options import IngestOptions
 

@@ -22,8 +22,10 @@ import pytest
 import yaml
 
 from pipeline.config_files import library, library_configs, load_config
+from tfrecords.files import sha256_file
 
 LIBRARY = [name for name, _ in library_configs()]
+RETRIEVAL = "retrieval"  # the folder of the configs that change how embeddings are retrieved
 
 
 def tiny(name: str, data_dir) -> dict:
@@ -38,6 +40,16 @@ def tiny(name: str, data_dir) -> dict:
             phase["margin_schedule"] = [dict(step, epochs=1) for step in phase["margin_schedule"]]
             phase.update(projection_dim=16, hidden_dim=32, labels_per_batch=4, views_per_label=2)
     raw["evaluation"].update(batch_size=64, triplet_sample=200)
+    retrieval = raw["evaluation"]["retrieval"]
+    if retrieval["whitening"]:
+        retrieval["whitening"].update(dimensions=4, train_images=8)  # 8 train images, a 16-d embedding
+    if retrieval["reranking"]:
+        retrieval["reranking"].update(k1=2, k2=2, candidates=4)  # 4 index items per split
+    if name.startswith(f"{RETRIEVAL}/"):
+        # It changes the evaluation only (test_retrieval_configs_change_only_the_evaluation), which
+        # every row, the extraction, the submission and the search sheet go through: the seed's
+        # last phase alone shows it at work, from a new backbone, in a fraction of the time.
+        raw["phases"] = raw["phases"][-1:]
     raw["runtime"].update(eager=True, deterministic=True)
     return raw
 
@@ -95,6 +107,9 @@ def test_named_config_runs_end_to_end_at_the_tiny_size(name, library_data, on_se
 
     assert read_manifest(embeddings, EmbeddingManifest).dim == last.projection_dim
     assert (run_dir / "submission.csv").stat().st_size > 0
+    if config.evaluation.retrieval.whitening is not None:  # saved with the run, for `pvs search`
+        summary_file = json.loads((run_dir / "run.json").read_text())
+        assert sha256_file(summary_file["whitening"]) == summary_file["whitening_sha256"]
 
 
 def test_every_library_config_says_what_it_is_for_and_how_to_run_it():
@@ -113,9 +128,19 @@ def test_the_library_covers_the_backbones_heads_and_losses():
         "EfficientNetB0", "EfficientNetB3", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "VGG16", "ResNet50",
     }  # and B1, B2, Lite0 by `--set model.architecture`: tests/test_model.py builds every architecture
     last = [config.phases[-1] for config in configs]
-    assert {phase.loss for phase in last} == {"triplet_semihard", "triplet_hard", "contrastive", "multi_similarity"}
+    assert {phase.loss for phase in last} == {"triplet_semihard", "triplet_hard", "contrastive", "multi_similarity", "arcface"}
+    assert {config.model.classifier.kind for config in configs} == {"softmax", "arcface", "subcenter_arcface", "cosface"}
     assert {phase.distance_metric for phase in last} == {"L2", "squared-L2", "angular"}
     assert {(phase.kind, phase.head) for phase in last} >= {("siamese", "dense"), ("siamese", "mildnet"), ("end_to_end", "mildnet")}
+
+
+def test_retrieval_configs_change_only_the_evaluation():
+    seed = load_config("seed").model_dump(exclude={"description", "evaluation"})
+    for name in LIBRARY:
+        if name.startswith(f"{RETRIEVAL}/"):
+            config = load_config(name)
+            assert config.model_dump(exclude={"description", "evaluation"}) == seed, name
+            assert config.evaluation != load_config("seed").evaluation, name
 
 
 def test_pvs_configs_lists_every_config_with_its_description(capsys):

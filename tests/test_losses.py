@@ -307,13 +307,8 @@ def test_margin_changed_between_epochs_is_seen_by_the_compiled_train_step(loss_c
     # Weights from this test's own generator: Keras' global seeding depends on what ran before in the process.
     model.layers[0].set_weights([np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32), np.zeros(4, np.float32)])
     loss = loss_class(margin=0.1)
-    # Frozen weights: only the margin moves. XLA, as "auto" picks on a GPU, must also read the variable afresh.
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss=loss, jit_compile=True)
     margins = [0.1, 2.0]
-    set_margin = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: setattr(loss, "margin", margins[epoch])
-    )
-    history = model.fit(inputs, labels, batch_size=16, epochs=2, verbose=0, callbacks=[set_margin])
+    history = fit_at_each_margin(model, loss, inputs, labels, margins)
     embeddings = model.predict(inputs, verbose=0)
     expected = [float(function(labels, embeddings, margin=margin)) for margin in margins]
     assert expected[0] != pytest.approx(expected[1], rel=0.03)  # else the test could not tell the margins apart
@@ -401,3 +396,12 @@ def test_make_loss_builds_the_multi_similarity_loss_a_phase_configures():
         "name": "multi_similarity_loss", "margin": 0.2, "distance_metric": "angular",
         "alpha": 3.0, "beta": 40.0, "threshold": 0.4,
     }
+
+
+def fit_at_each_margin(model, loss, inputs, labels, margins: list[float]):
+    """Fit `model` with `loss` for one epoch at each margin, its weights frozen (learning rate 0),
+    the margin set between epochs as a margin schedule sets it; Keras' History. Compiled with XLA,
+    as `jit_compile: auto` picks on a GPU: the traced step must read the margin afresh too."""
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss=loss, jit_compile=True)
+    set_margin = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(loss, "margin", margins[epoch]))
+    return model.fit(inputs, labels, batch_size=16, epochs=len(margins), verbose=0, callbacks=[set_margin])

@@ -174,7 +174,7 @@ def test_phase_four_trains_on_the_head_batch_norm_output_and_a_classifier_extrac
     parts = [tmp_path / "shards" / shard.file for shard in shards]
     for shard, part in zip(shards, parts):
         embed_shard(top.embedder_path, top.embedder_sha256, config, ingested, shard, part)
-    extracted = merge(parts, top.embedder_sha256, config, group, tmp_path / "extraction")
+    extracted = merge(parts, top.embedder_path, top.embedder_sha256, config, ingested, group, tmp_path / "extraction")
     assert load_embeddings(extracted.embeddings_dir, f"{group}_query").vectors.shape[1] == 1280  # features, not classes
     assert extracted.scores["mar_at_10"] == pytest.approx(top.final_scores["mar_at_10"], abs=1e-6)
 

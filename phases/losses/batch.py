@@ -79,15 +79,11 @@ def as_float32(value):
     return ops.cast(ops.convert_to_tensor(value), "float32")
 
 
-class BatchLoss(keras.losses.Loss):
-    """Shared by the loss classes: the margin variable, label handling and config."""
+class ScheduledMargin:
+    """The `margin` of a Keras loss that a margin schedule changes between epochs
+    (`phases.losses.schedule.schedule_plan` sets `loss.margin`); mixed into the loss classes."""
 
-    loss_function = None  # set by subclasses: f(labels, embeddings, margin, distance_metric, **extra)
-
-    def __init__(self, margin, distance_metric, name):
-        super().__init__(name=name)
-        check_distance_metric(distance_metric)  # now, not at the first batch
-        self.distance_metric = distance_metric
+    def _keep_margin(self, margin) -> None:
         # A variable, not a float: compiled train steps read its current value, so a
         # margin schedule can change it between epochs without recompiling. float32, as
         # the losses use it (TPUs have no float64); `margin` reads it back as the shortest
@@ -107,6 +103,18 @@ class BatchLoss(keras.losses.Loss):
     @margin.setter
     def margin(self, value: float):
         self._margin.assign(float(value))
+
+
+class BatchLoss(ScheduledMargin, keras.losses.Loss):
+    """Shared by the loss classes: the margin variable, label handling and config."""
+
+    loss_function = None  # set by subclasses: f(labels, embeddings, margin, distance_metric, **extra)
+
+    def __init__(self, margin, distance_metric, name):
+        super().__init__(name=name)
+        check_distance_metric(distance_metric)  # now, not at the first batch
+        self.distance_metric = distance_metric
+        self._keep_margin(margin)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras casts y_true to float32 before call(), which would merge product ids

@@ -3,13 +3,18 @@
 import keras
 
 from phases.losses.contrastive import ContrastiveLoss
+from phases.losses.margin import make_margin_loss
 from phases.losses.multi_similarity import MultiSimilarityLoss
 from phases.losses.triplet import TripletHardLoss, TripletSemiHardLoss
 from phases.unit import EpochPlan
 
 
 def make_loss(phase, margin: float) -> keras.losses.Loss:
-    """The Keras loss an embedding phase (`phases.config.MetricLearning`) configures, at `margin`."""
+    """The Keras loss an embedding phase (`phases.config.MetricLearning`) configures, at `margin`
+    (a class-centre loss takes the cosines of the phase's training head, not the embeddings)."""
+    if phase.has_class_centers:
+        options = phase.margin_loss
+        return make_margin_loss(phase.loss, options.scale, margin, options.easy_margin)
     if phase.loss == "triplet_semihard":
         return TripletSemiHardLoss(margin=margin, distance_metric=phase.distance_metric)
     if phase.loss == "triplet_hard":
