@@ -19,8 +19,9 @@ differences), test MAR@10, and its cost: the run's wall time (training variants)
 final model's scoring time of val and test (retrieval variants, against the recipe's own
 scoring in the same process). One val query moves MAR@10 by at most 0.0044 (228 queries).
 
-    .venv/bin/python benchmarks/toolbox.py [--seeds 0 1 2] [--only NAME ...] [--keep DIR]
-        [--chart docs/images/toolbox.png]
+    .venv/bin/python benchmarks/toolbox.py [--seeds 0 1 2] [--only NAME ...] [--set NAME=KEY=VALUE,...]
+        [--keep DIR] [--json FILE] [--chart docs/images/toolbox.png]
+    .venv/bin/python benchmarks/toolbox.py --results FILE ... [--chart ...]   # the table of saved measurements
 
 Costs: one demo run (about three minutes on 2 cores) per training variant and seed, a few
 seconds per retrieval variant and seed.
@@ -87,7 +88,15 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder (and reuse them)")
     parser.add_argument("--chart", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    parser.add_argument("--results", type=Path, nargs="+", default=None,
+                        help="measure nothing: print the table (and draw --chart) of these --json files, merged")
     args = parser.parse_args()
+    if args.results:
+        results = {}
+        for path in args.results:
+            results.update(json.loads(path.read_text()))
+        report(results, args.chart)
+        return
 
     variants = {name: variant for name, variant in VARIANTS.items() if args.only is None or name in args.only}
     variants.setdefault(RECIPE, VARIANTS[RECIPE])
@@ -115,11 +124,15 @@ def main() -> None:
                   f"{result['seconds']:.0f} s", flush=True)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
+    report(results, args.chart)
+
+
+def report(results: dict[str, list[dict]], chart: Path | None) -> None:
     print()
     print(table(results))
-    if args.chart:
-        draw(results, args.chart)
-        print(f"chart: {args.chart}")
+    if chart:
+        draw(results, chart)
+        print(f"chart: {chart}")
 
 
 def slug(name: str) -> str:
