@@ -186,11 +186,11 @@ def rescored(recipe_dir: Path, data: Path, seed: int, overrides: tuple[str, ...]
 def table(results: dict[str, list[dict]]) -> str:
     """Markdown: per variant, val MAR@10, its paired change against the recipe, test MAR@10, cost."""
     recipe = {result["seed"]: result for result in results[RECIPE]}
-    header = ["variant", "val MAR@10", "change vs recipe (paired)", "test MAR@10", "cost"]
+    header = ["variant", "seeds", "val MAR@10", "change vs recipe (paired)", "test MAR@10", "cost"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, runs in results.items():
         val = summary([result["val"] for result in runs])
-        cells = [name, f"{val[0]:.3f} ± {val[1]:.3f} [{val[2]:.3f}, {val[3]:.3f}]"]
+        cells = [name, str(len(runs)), f"{val[0]:.3f} ± {val[1]:.3f} [{val[2]:.3f}, {val[3]:.3f}]"]
         if name == RECIPE:
             cells.append("")
         else:
@@ -206,8 +206,7 @@ def table(results: dict[str, list[dict]]) -> str:
         else:
             cells.append(f"run {seconds:.0f} s")
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = len(results[RECIPE])
-    return "\n".join(lines) + f"\n\n(n = {seeds} seeds; ± is the sample standard deviation)"
+    return "\n".join(lines) + "\n\n(± is the sample standard deviation over the seeds)"
 
 
 def draw(results: dict[str, list[dict]], path: Path) -> None:

@@ -26,6 +26,7 @@ from phases.losses import (
     schedule_plan,
 )
 from phases.model import build_classifier, build_projection
+from phases.unit import seed_everything
 
 # ---- NumPy reference, one example at a time, in float64 ----------------------------------------------------------
 
@@ -188,7 +189,7 @@ def test_mixed_precision_gives_float32_cosines_and_losses():
 
 
 def test_saved_model_with_a_cosine_head_reloads_in_safe_mode_with_the_same_outputs_and_loss(tmp_path):
-    keras.utils.set_random_seed(0)
+    seed_everything(0)
     features = keras.Input((5,))
     model = keras.Model(features, CosineClassifier(4, centers=3, name="head_classes")(keras.layers.Dense(6)(features)))
     model.compile(optimizer="adam", loss=ArcFaceLoss(scale=32.0, margin=0.3, easy_margin=True), metrics=["accuracy"])
@@ -221,7 +222,7 @@ def test_default_head_is_the_seeds_dense_softmax_with_cross_entropy():
 
 
 def test_classifier_with_an_arcface_head_learns_a_separable_toy_set():
-    keras.utils.set_random_seed(0)
+    seed_everything(0)
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 16)
     inputs = (3 * rng.normal(size=(4, 8))[labels] + 0.3 * rng.normal(size=(64, 8))).astype(np.float32)
@@ -269,7 +270,7 @@ def test_embedding_phase_margin_losses_need_product_labels_and_angular_cosines()
 
 
 def test_embedding_phase_trains_centres_but_scores_and_keeps_only_the_embedder(tmp_path):
-    keras.utils.set_random_seed(0)
+    seed_everything(0)
     phase = arcface_phase(loss="subcenter_arcface", margin_loss={"scale": 32.0, "centers": 2})
     projection = build_projection(8, 4)
     model = with_class_centers(projection, classes=5, centers=phase.margin_loss.centers)
@@ -291,7 +292,7 @@ def test_embedding_phase_trains_centres_but_scores_and_keeps_only_the_embedder(t
 
 def test_embedding_phase_with_centres_resumes_from_its_checkpoint_as_an_uninterrupted_run(tmp_path):
     def trained_for_two_epochs(interrupted: bool) -> list[np.ndarray]:
-        keras.utils.set_random_seed(0)
+        seed_everything(0)
         phase = arcface_phase()
         model = with_class_centers(build_projection(8, 4), classes=5)
         compile_for_schedule(model, phase)

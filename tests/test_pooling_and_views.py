@@ -14,6 +14,7 @@ import yaml
 from phases.config import ModelConfig, PipelineConfig
 from phases.layers import GeneralizedMeanPooling
 from phases.model import HEAD_LAYERS, build_backbone, build_embedder, build_projection, set_trainable
+from phases.unit import seed_everything
 from phases.views import TEST_TIME_VIEWS, embed_views, view_numbers
 from tfrecords.preprocess import VIEW_NAMES
 
@@ -36,7 +37,7 @@ def pooled(layer, features) -> np.ndarray:
 def tiny_model(seed: int = 0, classes: int = 0) -> keras.Model:
     """Images [batch, 32, 32, 3] -> 8 features (and class probabilities): a convolution whose
     kernel is not symmetric, so an image and its mirror have different features."""
-    keras.utils.set_random_seed(seed)
+    seed_everything(seed)
     images = keras.Input((32, 32, 3))
     x = keras.layers.Rescaling(1 / 255)(images)
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
