@@ -229,7 +229,7 @@ def draw(results: dict[str, list[dict]], path: Path) -> None:
     axis.set_yticks(list(positions), names)
     axis.invert_yaxis()
     axis.set_xlabel("val MAR@10 after the last phase (mean, min-max over seeds)")
-    axis.set_title("Each switch alone on the demo data")
+    axis.set_title("The retrieval toolbox on the demo data: each switch, then combinations")
     axis.grid(axis="x", alpha=0.3)
     save_chart(figure, path)
 
