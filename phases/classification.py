@@ -85,7 +85,8 @@ class ClassificationTrainer(Trainer):
         )
 
     def score(self, scorer: keras.Model, group: str) -> dict:
-        return score_split(scorer, self.config, self.context.data_dir, group, self.labels_of, verify=False)
+        return score_split(scorer, self.config, self.context.data_dir, group, self.labels_of, verify=False,
+                           whitenings=self.whitenings)
 
     def final_models(self, model: keras.Model) -> FinalModels:
         return FinalModels(model=("model.keras", model), embedder=(EMBEDDER_FILE, features_of(model, self.config.model.features)))

@@ -32,6 +32,7 @@ from phases.checkpoints import Checkpoint, latest_checkpoint, save_checkpoint, s
 from phases.config import PipelineConfig
 from phases.distribute import is_chief, local_model, prepare, synchronize_batch_norm
 from phases.kinds import phase_kinds
+from phases.scoring import WhiteningMemo
 from phases.unit import EMBEDDER_FILE, EpochPlan, FinalModels, PhaseContext, PhaseResult, check_loss
 from tfrecords.manifest import ImageManifest, read_manifest
 
@@ -43,6 +44,7 @@ class Trainer:
 
     def __init__(self, phase, config: PipelineConfig, context: PhaseContext, previous: tuple[Path, str] | None):
         self.phase, self.config, self.context, self.previous = phase, config, context, previous
+        self.whitenings = WhiteningMemo()  # one learned whitening per scorer weights (score_split)
 
     def prepare(self, is_chief: bool) -> None:
         """Read and check what the phase needs before its model exists (once per phase)."""

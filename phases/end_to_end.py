@@ -88,7 +88,8 @@ class EndToEndTrainer(Trainer):
         )
 
     def score(self, scorer: keras.Model, group: str) -> dict:
-        return score_split(scorer, self.config, self.context.data_dir, group, None, verify=False)
+        return score_split(scorer, self.config, self.context.data_dir, group, None, verify=False,
+                           whitenings=self.whitenings)
 
     def final_models(self, model: keras.Model) -> FinalModels:
         return FinalModels(model=(EMBEDDER_FILE, without_class_centers(model)))

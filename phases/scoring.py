@@ -1,5 +1,6 @@
 """Embed a split with a model and score query against index: the leaderboard of each epoch."""
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,17 +115,20 @@ def accuracy(splits: list[SplitEmbeddings], labels_of: str) -> float | None:
     return float(np.mean(predicted == labels))
 
 
-def score_split(scorer: keras.Model, config, data_dir: Path, group: str, labels_of: str | None, verify: bool = True) -> dict:
+def score_split(scorer: keras.Model, config, data_dir: Path, group: str, labels_of: str | None, verify: bool = True,
+                whitenings: "WhiteningMemo | None" = None) -> dict:
     """Scores of `group` (val or test) for a scorer (images -> features, or -> [features,
     probabilities]): retrieval and triplet accuracy with the features, plus classification
     accuracy when the labels are categories (val and test products are never train products).
-    `config`: the PipelineConfig (its image size and evaluation settings)."""
+    `config`: the PipelineConfig (its image size and evaluation settings). `whitenings`: a
+    trainer's memo, so the last epoch's val and the final test share one learned whitening."""
     size, batch, views = config.data.image_size, config.evaluation.batch_size, config.evaluation.test_time_augmentation
     query = embed_split(scorer, data_dir, f"{group}_query", size, batch, verify, views)
     index = embed_split(scorer, data_dir, f"{group}_index", size, batch, verify, views)
     scores = embedding_scores(
         query.vectors, query.product_ids, index.vectors, index.product_ids, config.evaluation.triplet_sample,
-        config.evaluation.retrieval, whitening_for(scorer, config, data_dir, verify),
+        config.evaluation.retrieval,
+        (whitenings or WhiteningMemo()).whitening(scorer, config, data_dir, verify),
     )
     if labels_of == "category_id":
         scores = {f"{group}_accuracy": accuracy([query, index], "category_ids"), **scores}
@@ -142,6 +146,31 @@ def whitening_for(scorer: keras.Model, config, data_dir: Path, verify: bool = Tr
     train = embed_split(scorer, data_dir, "train", config.data.image_size, config.evaluation.batch_size, verify,
                         config.evaluation.test_time_augmentation, limit=options.train_images)
     return learn_whitening(train.vectors, config.evaluation.retrieval)
+
+
+class WhiteningMemo:
+    """`whitening_for` of the newest scorer weights seen, learned again only when they change.
+
+    A phase scores val after its last epoch and then its final split with the same weights:
+    one embedding pass over the whitening's train images serves both. The key is the sha256
+    of the scorer's weights (about 20 MB for EfficientNet-B0: milliseconds, against seconds
+    to embed the images). The config and data folder are a trainer's own, fixed in its life.
+    """
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.learned: Whitening | None = None
+
+    def whitening(self, scorer: keras.Model, config, data_dir: Path, verify: bool = True) -> Whitening | None:
+        if config.evaluation.retrieval.whitening is None:
+            return None
+        digest = hashlib.sha256()
+        for weights in scorer.get_weights():
+            digest.update(np.ascontiguousarray(weights).tobytes())
+        key = f"{data_dir}:{digest.hexdigest()}"
+        if key != self.key:
+            self.learned, self.key = whitening_for(scorer, config, data_dir, verify), key
+        return self.learned
 
 
 def learn_whitening(train_vectors: np.ndarray, retrieval: RetrievalOptions) -> Whitening | None:

@@ -87,3 +87,25 @@ def test_a_run_whose_whitening_was_altered_is_refused(capsys, run_dir, demo_imag
         summary["embeddings"], f"{summary['final_split']}_query").image_ids)
     message = refused(capsys, "search", "--run", copy, demo_images / query)
     assert str(altered) in message and "sha256" in message
+
+
+def test_a_phase_learns_its_whitening_once_per_weights_and_again_when_they_change(ingested):
+    """The last epoch's val and the final split are scored with the same weights: one learned
+    whitening serves both; trained weights learn a new one, equal to `whitening_for`'s."""
+    from test_pooling_and_views import tiny_model, tta_config
+
+    from phases.scoring import WhiteningMemo, whitening_for
+
+    model = tiny_model()
+    config = tta_config(ingested, "none", {"whitening": {"dimensions": 3, "train_images": 10}})
+    memo = WhiteningMemo()
+    first = memo.whitening(model, config, ingested)
+    assert memo.whitening(model, config, ingested) is first
+    dense = model.layers[-1]
+    dense.set_weights([weights + 0.5 for weights in dense.get_weights()])
+    changed = memo.whitening(model, config, ingested)
+    assert changed is not first and not np.allclose(changed.projection, first.projection)
+    expected = whitening_for(model, config, ingested)
+    np.testing.assert_allclose(changed.projection, expected.projection, atol=1e-6)
+    np.testing.assert_allclose(changed.mean, expected.mean, atol=1e-6)
+    assert WhiteningMemo().whitening(model, tta_config(ingested, "none"), ingested) is None
