@@ -108,15 +108,24 @@ def make_demo_options():
     return demo_options(line.split("pvs demo-data", 1)[1].split())
 
 
-def run(config: Path, run_dir: Path, overrides: list[str]) -> dict[str, dict]:
-    """`pvs run` of the config; returns {phase: its last row} (baseline first), scores as floats."""
+def run(config: Path, run_dir: Path, overrides: list[str], usage: dict | None = None) -> dict[str, dict]:
+    """`pvs run` of the config; returns {phase: its last row} (baseline first), scores as floats.
+    `usage`, when given, gets "peak_rss_mib": the largest resident memory of the `pvs run`
+    process (the training, in its threads), from the kernel's accounting of that child (wait4);
+    its temporary Prefect server runs in a session of its own and is not counted."""
     command = [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--run-dir", str(run_dir)]
     for override in overrides:
         command += ["--set", override]
     environment = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"pvs run failed ({run_dir}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=ROOT, env=environment)
+        _, status, resources = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if usage is not None:
+            usage["peak_rss_mib"] = resources.ru_maxrss / 1024  # KiB on Linux
+        if process.returncode != 0:
+            out.seek(0), err.seek(0)
+            raise SystemExit(f"pvs run failed ({run_dir}):\n{out.read()[-3000:]}\n{err.read()[-3000:]}")
     with open(run_dir / "scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     last = {}

@@ -15,7 +15,8 @@ seed, as benchmarks/quality.py runs it. Then each switch:
 
 Per variant it prints val MAR@10 as mean +- sample standard deviation [min, max] over the
 seeds, its change against the recipe (paired by seed: the mean and spread of the per-seed
-differences), test MAR@10, and its cost: the run's wall time (training variants) or the
+differences), test MAR@10, and its cost: the run's wall time and its peak resident memory
+(training variants; the `pvs run` process, from wait4) or the
 final model's scoring time of val and test (retrieval variants, against the recipe's own
 scoring in the same process). One val query moves MAR@10 by at most 0.0044 (228 queries).
 
@@ -144,14 +145,14 @@ def trained(run_dir: Path, data: Path, seed: int, overrides: tuple[str, ...]) ->
     (its run.json written) is read, not run again: keep a folder only across runs of one commit."""
     began = time.perf_counter()
     if (run_dir / "run.json").is_file():
-        last = finished(run_dir)
-        return {"seed": seed, "val": last["mar_at_10"], "test": last.get("test_mar_at_10"),
-                "seconds": json.loads((run_dir / "toolbox.json").read_text())["seconds"]}
-    last = run(CONFIG, run_dir, [f"data.source={data}", f"runtime.seed={seed}", *overrides])
+        last, kept = finished(run_dir), json.loads((run_dir / "toolbox.json").read_text())
+        return {"seed": seed, "val": last["mar_at_10"], "test": last.get("test_mar_at_10"), **kept}
+    usage = {}
+    last = run(CONFIG, run_dir, [f"data.source={data}", f"runtime.seed={seed}", *overrides], usage)
     final = list(last.values())[-1]
-    seconds = time.perf_counter() - began
-    (run_dir / "toolbox.json").write_text(json.dumps({"seconds": seconds}))
-    return {"seed": seed, "val": final["mar_at_10"], "test": final.get("test_mar_at_10"), "seconds": seconds}
+    kept = {"seconds": time.perf_counter() - began, **usage}
+    (run_dir / "toolbox.json").write_text(json.dumps(kept))
+    return {"seed": seed, "val": final["mar_at_10"], "test": final.get("test_mar_at_10"), **kept}
 
 
 def finished(run_dir: Path) -> dict:
@@ -204,7 +205,11 @@ def table(results: dict[str, list[dict]]) -> str:
             plain = statistics.fmean(result["plain_seconds"] for result in runs)
             cells.append(f"scoring {seconds:.1f} s (plain {plain:.1f} s)")
         else:
-            cells.append(f"run {seconds:.0f} s")
+            peaks = [result["peak_rss_mib"] for result in runs if "peak_rss_mib" in result]
+            memory = f", peak {statistics.fmean(peaks) / 1024:.2f} GiB" if peaks else ""
+            if peaks and len(peaks) < len(runs):
+                memory += f" ({len(peaks)} of {len(runs)} seeds)"
+            cells.append(f"run {seconds:.0f} s{memory}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n(± is the sample standard deviation over the seeds)"
 
@@ -229,7 +234,7 @@ def draw(results: dict[str, list[dict]], path: Path) -> None:
     axis.set_yticks(list(positions), names)
     axis.invert_yaxis()
     axis.set_xlabel("val MAR@10 after the last phase (mean, min-max over seeds)")
-    axis.set_title("The retrieval toolbox on the demo data: each switch, then combinations")
+    axis.set_title("The retrieval toolbox on the demo data:\neach switch alone, then combinations")
     axis.grid(axis="x", alpha=0.3)
     save_chart(figure, path)
 
