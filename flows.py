@@ -23,6 +23,8 @@ hosts of a multi-worker cluster share one: `pipeline/coordination.py`. What a ru
 reports as it goes (progress, scores, chart, artifacts, run.json): `pipeline/run_report.py`.
 
 `compare_runs` (at the end) is `pvs compare` as a flow: runs side by side, as an artifact.
+`catalog_index` embeds a catalog with a run's final model and builds its search index
+(`pvs index`, pipeline/catalog/).
 """
 
 from pathlib import Path
@@ -127,3 +129,43 @@ def compare_runs(run_dirs: list[str], out_dir: str | None = None) -> dict:
     create_markdown_artifact(artifact_markdown(runs, chart), key=artifact_key("comparison", *(run.name for run in runs)),
                              description="mar_at_10 per phase, final test score, model size and training time per run")
     return {"chart": str(chart.resolve()), "runs": [run.name for run in runs]}
+
+
+@flow(name="catalog-index", description="Embed a catalog with a run's final model and build its search index.")
+def catalog_index(
+    index_dir: str,
+    run_dir: str | None = None,
+    sources: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
+    add: bool = False,
+    force: bool = False,
+) -> dict:
+    """Build (`run_dir` and `sources`), extend (`add`: `sources` appended) or update (neither:
+    the recorded sources read again) the catalog index in `index_dir`: each source ingested,
+    each image shard embedded by the run's final model (cached: only shards not embedded yet
+    are), the index assembled (`settings`: pipeline/catalog/settings.py) and index.json written.
+    `force`: embed and assemble again. Returns index.json's content."""
+    from phases.config import PipelineConfig
+    from pipeline.catalog.building import build_catalog, resolve_request
+    from pipeline.catalog.index import CatalogIndexError
+    from pipeline.search import open_run_model
+    from tfrecords.locks import hold_lock
+
+    if is_remote(index_dir):
+        raise CatalogIndexError(f"{index_dir}: an index folder is local (a search memory-maps its vectors); give a "
+                                "folder on the machine that searches it (its sources may be gs:// or s3://)")
+    folder = Path(index_dir)
+    request = resolve_request(folder, run_dir, sources, settings, add)
+    run = open_run_model(Path(request.run_dir))
+    config = PipelineConfig.model_validate(run.config)
+    root = RunRoot(index_dir, StorageSettings.of(config))
+
+    def in_use(holder: str) -> CatalogIndexError:
+        return CatalogIndexError(f"{index_dir}: another build is using this index folder ({holder}); wait for it to end")
+
+    with hold_lock(root.local / ".lock", in_use):
+        request.save(root.local)
+        configure_runtime(config)
+        manifest = build_catalog(request, run, config, root, {"index", "embed"} if force else set())
+    get_run_logger().info(f"index: {root.local / 'index.json'}: {manifest['count']} images, {manifest['kind']}")
+    return manifest

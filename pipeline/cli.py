@@ -194,6 +194,13 @@ def _preview(args) -> None:
 
 def _search(args) -> None:
     from pipeline.outputs import output_file
+
+    if args.index_dir:
+        from pipeline.catalog.commands import search_index
+
+        if args.sheet:
+            raise UserError("--sheet draws a run's search (--run); with --index the results are printed")
+        return search_index(args)
     from pipeline.search import embed, find_images, open_run, read_queries, render, search
     from pipeline.search_sheets import draw
 
@@ -208,15 +215,40 @@ def _search(args) -> None:
             print(f"\nsheet: {draw(args.sheet, queries, results, run.index)}")
 
 
+def _index(args) -> None:
+    from pipeline.catalog.commands import index_command
+
+    index_command(args)
+
+
+def _serve(args) -> None:
+    from pipeline.serving.server import ServeOptions, serve
+
+    serve(ServeOptions(Path(args.index_dir), args.host, args.port, args.max_batch, args.batch_wait_ms,
+                       args.max_upload_bytes, args.thumbnail_size))
+
+
+def _export(args) -> None:
+    from pipeline.export import export_run, render
+
+    run_dir = _fetched(args.run_dir, args.cache_dir, ("model", "embeddings", "data"))
+    print(render(export_run(run_dir, args.out_dir, args.format, args.quantize, args.check_images,
+                            args.calibration_images, args.force)))
+
+
 COMMANDS = {
     "configs": _configs, "demo-data": _demo_data, "ingest": _ingest, "verify": _verify, "preview": _preview, "run": _run, "report": _report,
     "compare": _compare,
     "search": _search,
+    "export": _export,
+    "index": _index,
+    "serve": _serve,
 }
 
 
 # What an interrupted command keeps, for the line that says how to go on.
-KEPT_WHEN_INTERRUPTED = {"run": ": finished steps and epochs are kept", "ingest": ": finished shards are kept"}
+KEPT_WHEN_INTERRUPTED = {"run": ": finished steps and epochs are kept", "ingest": ": finished shards are kept",
+                         "index": ": finished shards are kept"}
 
 
 def main(argv: list[str] | None = None) -> int:

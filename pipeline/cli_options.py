@@ -27,7 +27,25 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def at_least_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of 0 or more")
+    return value
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give a number from 0 to 65535")
+    return int(text)
+
+
 def command_line() -> argparse.ArgumentParser:
+    from pipeline.catalog.commands import add_index_parser
+
     parser = argparse.ArgumentParser(prog="pvs", description="Train product visual search models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -64,11 +82,33 @@ def command_line() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="the index items most similar to images, with a run's final model")
     search.add_argument("images", type=Path, metavar="IMAGE_OR_FOLDER",
                         help="an image, or a folder searched recursively")
-    search.add_argument("--run", dest="run_dir", required=True, metavar="RUN_DIR",
-                        help="a run folder (or gs:// URL) written by `pvs run`; its final split's index is searched")
+    searched = search.add_mutually_exclusive_group(required=True)
+    searched.add_argument("--run", dest="run_dir", metavar="RUN_DIR",
+                          help="a run folder (or gs:// URL) written by `pvs run`; its final split's index is searched")
+    searched.add_argument("--index", dest="index_dir", metavar="INDEX",
+                          help="a catalog index built by `pvs index build`, searched with its own model")
     search.add_argument("--top", type=at_least_one, default=10, help="results per image (default 10)")
     search.add_argument("--sheet", type=Path, default=None, help="also draw the results as a contact sheet (PNG)")
     cache_dir_option(search)
+
+    export = commands.add_parser("export", help="a finished run's final embedder as a SavedModel, TFLite or .keras "
+                                                "file: images in, L2-normalised embeddings out")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (or gs:// URL) written by `pvs run`")
+    export.add_argument("--format", required=True, choices=("savedmodel", "tflite", "keras"),
+                        help="savedmodel: for TF Serving, encoded JPEG/PNG bytes in (DIR/N/, N the next version: "
+                             "TF Serving serves the highest and picks up a new one); tflite: DIR/model.tflite; "
+                             "keras: DIR/model.keras (both of prepared float images)")
+    export.add_argument("--out", dest="out_dir", type=Path, required=True, metavar="DIR",
+                        help="the export's folder; DIR/export.json, written last, lists its files")
+    export.add_argument("--quantize", choices=("float32", "float16", "int8"), default="float32",
+                        help="tflite only: the precision (default float32); prints what it costs in MAR@10")
+    export.add_argument("--calibration-images", type=at_least_one, default=200,
+                        help="int8: train images that set its ranges (default 200)")
+    export.add_argument("--check-images", type=at_least_one, default=32,
+                        help="final-split images that must embed as the run embedded them (default 32)")
+    export.add_argument("--force", action="store_true",
+                        help="replace an existing tflite or keras export (a savedmodel export adds a version)")
+    cache_dir_option(export)
 
     run = commands.add_parser("run", help="train: ingestion, baseline, the phases and extraction (resumable)")
     run.add_argument("--config", type=Path, required=True, help="a YAML file, e.g. configs/demo.yaml")
@@ -77,6 +117,23 @@ def command_line() -> argparse.ArgumentParser:
                      help="override a config value, e.g. phases.full.epochs=3 (repeatable)")
     run.add_argument("--force", nargs="+", default=[], metavar="STEP",
                      help="recompute these steps: ingest, baseline, a phase name, extraction")
+
+    add_index_parser(commands)
+
+    serve = commands.add_parser("serve", help="search a catalog index over HTTP: POST /search, and a web page at /")
+    serve.add_argument("--index", dest="index_dir", required=True, metavar="INDEX",
+                       help="a catalog index built by `pvs index build`, searched with its own model")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
+                                                          "machine only; 0.0.0.0 for every network)")
+    serve.add_argument("--port", type=port, default=8080, help="default 8080; 0 picks a free one")
+    serve.add_argument("--max-batch", type=at_least_one, default=16,
+                       help="concurrent searches embedded in one model call (default 16)")
+    serve.add_argument("--batch-wait-ms", type=at_least_zero, default=5.0,
+                       help="how long a search waits for others to share its model call (default 5)")
+    serve.add_argument("--max-upload-bytes", type=size, default="10MB",
+                       help="larger uploads are refused with 413 (default 10MB)")
+    serve.add_argument("--thumbnail-size", type=at_least_one, default=256,
+                       help="pixels of a thumbnail's longest side (default 256)")
 
     commands.add_parser("configs", help="list the named configs of the library (configs/) and what each is for")
 

@@ -42,6 +42,7 @@ STEP_VERSIONS = {
     "phase": 1,  # a phase's checkpoints (their format too: a resumed phase reads them), models and score rows
     "embed_shard": 1,  # one image shard's embeddings by the final model (phases/extraction.py, tfrecords/embeddings.py)
     "extraction": 1,  # the merged embeddings, submission.csv and the final split's scores
+    "catalog_index": 1,  # a catalog index's assembled folder (pipeline/catalog/assemble.py, phases/retrieval/vector_index.py)
 }
 
 
@@ -114,11 +115,12 @@ def shared_settings(config: PipelineConfig) -> dict:
     }
 
 
-def ingestion_work(config: PipelineConfig, root: RunRoot) -> Work:
+def ingestion_work(config: PipelineConfig, root: RunRoot, folder: Path | None = None, name: str = "ingest") -> Work:
     """Ingestion writes RUN_DIR/data (one copy of the shards per run root, resumed in
     place); an already ingested source is only verified and recorded there (a gs://
     one is staged there, or with `storage.read_shards: direct` only its manifest). A gs://
-    source is known by its listing (names, sizes, MD5s)."""
+    source is known by its listing (names, sizes, MD5s). A catalog index ingests each of its
+    sources into a `folder` of its own."""
     source = config.data.source
     if is_remote(source):
         parts = {"remote": source_listing_digest(source)}
@@ -130,7 +132,7 @@ def ingestion_work(config: PipelineConfig, root: RunRoot) -> Work:
         parts = {"ingested": sha256_file(Path(source) / MANIFEST_NAME)}
     else:
         parts = {"source": source_digest(source), "options": config.data.ingest.model_dump()}
-    return make_work("ingest", root, "ingest", lambda key: root.local / "data", **parts)
+    return make_work("ingest", root, name, lambda key: folder or root.local / "data", **parts)
 
 
 def baseline_work(config: PipelineConfig, root: RunRoot, data: IngestedData) -> Work:

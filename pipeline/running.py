@@ -25,6 +25,7 @@ from pipeline.records import Work
 from pipeline.steps import IngestedData, ModelFile, ShardEmbeddings, recorded_output
 from pipeline.storage import RunRoot
 from pipeline.tasks import embed_shard, train_phase, train_phase_in_lockstep
+from tfrecords.manifest import ShardEntry
 
 POLL_SECONDS = 1.0  # how long the main thread waits on the shards at a time (see `embed_shards`)
 
@@ -96,7 +97,7 @@ def ready_folder(work: Work, forced: bool, root: RunRoot) -> bool:
         logger.info(f"{work.name}: forced; clearing {root.show(work.folder)}")
         if work.folder.exists():
             _clear(work)
-        if work.name != "ingest":
+        if work.kind != "ingest":
             root.remove(work.folder)
     else:
         pulled = root.pull(work.folder, work.key)
@@ -127,7 +128,7 @@ def finish_step(work: Work, root: RunRoot, output):
 
 
 def _clear(work: Work) -> None:
-    if work.name == "ingest":
+    if work.kind == "ingest":
         (work.folder / "result.json").unlink(missing_ok=True)  # shards are checked and rewritten by ingestion itself
     else:
         shutil.rmtree(work.folder)
@@ -135,32 +136,41 @@ def _clear(work: Work) -> None:
 
 def embed_shards(config: PipelineConfig, inputs: PipelineConfig, root: RunRoot, forced: bool, data: IngestedData,
                  final: ModelFile) -> list[ShardEmbeddings]:
-    """`embed_shard` for each image shard of the final split, on a task runner of
-    `evaluation.extraction_concurrency` threads, each folder readied as `run_step` does
-    (pulled before its task is submitted, pushed once its result is in). Returns the tasks'
-    outputs, in shard order.
+    """`embed_shard` for each image shard of the final split (`embed_shard_jobs`)."""
+    group, shards = final_shards(config, data.data_dir)
+    works = [keys.shard_work(config, root, shard, final) for shard in shards]
+    outputs, computed = embed_shard_jobs(inputs, root, forced, final,
+                                         [(work, data, shard) for work, shard in zip(works, shards)],
+                                         config.evaluation.extraction_concurrency)
+    get_run_logger().info(f"extraction: {len(works)} embedding shard(s) of {group}: {len(works) - computed} reused, "
+                          f"{computed} computed")
+    return outputs
+
+
+def embed_shard_jobs(inputs: PipelineConfig, root: RunRoot, forced: bool, final: ModelFile,
+                     jobs: list[tuple[Work, IngestedData, ShardEntry]], concurrency: int
+                     ) -> tuple[list[ShardEmbeddings], int]:
+    """`embed_shard` for each (work, the data it is in, image shard), on a task runner of
+    `concurrency` threads, each folder readied as `run_step` does (pulled before its task is
+    submitted, pushed once its result is in). Returns the tasks' outputs, in order, and how
+    many of them ran (the others reused their folder's record).
 
     The main thread waits on the shards in slices of POLL_SECONDS: a wait without a timeout
     blocks it in a lock that a signal sent to the process (and taken by another thread)
     never wakes, so Ctrl-C would wait for every shard to end."""
-    group, shards = final_shards(config, data.data_dir)
-    works = [keys.shard_work(config, root, shard, final) for shard in shards]
-    outputs: list[ShardEmbeddings | None] = [None] * len(works)
-    fresh = [ready_folder(work, forced, root) for work in works]
-    with ThreadPoolTaskRunner(max_workers=config.evaluation.extraction_concurrency) as runner:
+    outputs: list[ShardEmbeddings | None] = [None] * len(jobs)
+    fresh = [ready_folder(work, forced, root) for work, _, _ in jobs]
+    with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
         futures = {
             runner.submit(embed_shard.with_options(refresh_cache=again),
                           {"work": work, "config": inputs, "data": data, "shard": shard, "final": final}): number
-            for number, (work, shard, again) in enumerate(zip(works, shards, fresh))
+            for number, ((work, data, shard), again) in enumerate(zip(jobs, fresh))
         }
         pending = list(futures)
         while pending:
             done, not_done = wait(pending, timeout=POLL_SECONDS)
             for future in done:
                 number = futures[future]
-                outputs[number] = finish_step(works[number], root, future.result())
+                outputs[number] = finish_step(jobs[number][0], root, future.result())
             pending = list(not_done)
-    reused = len(works) - sum(fresh)
-    get_run_logger().info(f"extraction: {len(works)} embedding shard(s) of {group}: {reused} reused, "
-                          f"{len(works) - reused} computed")
-    return outputs
+    return outputs, sum(fresh)

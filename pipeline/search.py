@@ -106,8 +106,32 @@ def open_index(embeddings_dir: Path, split: str, data_dir: Path, finish_hint: st
                        retrieval or RetrievalOptions(), whitening)
 
 
-def open_run(run_dir: Path) -> FinishedRun:
-    """What `pvs search` needs of a run folder, or a RunNotSearchableError saying how to finish it."""
+@dataclass
+class RunModel:
+    """What a finished run embeds and retrieves with: its final model (recorded sha256), its
+    config's evaluation (batch, test-time augmentation, retrieval) and the whitening its
+    extraction learned; and where its embeddings are, of which split."""
+
+    run_dir: Path
+    config: dict  # the run's resolved config, as run-config.yaml records it
+    model_path: Path
+    model_sha256: str
+    batch_size: int
+    test_time_augmentation: str  # `evaluation.test_time_augmentation` of the run
+    retrieval: RetrievalOptions
+    whitening: Whitening | None
+    whitening_path: Path | None
+    embeddings_dir: Path
+    split: str
+
+    @property
+    def image_size(self) -> int:
+        return self.config.get("data", {}).get("image_size", 224)
+
+
+def open_run_model(run_dir: Path) -> RunModel:
+    """A finished run's model and retrieval settings (files checked), or a RunNotSearchableError
+    saying how to finish it. Reads no embeddings."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunNotSearchableError(
@@ -139,17 +163,28 @@ def open_run(run_dir: Path) -> FinishedRun:
         raise RunNotSearchableError(
             f"{embeddings_dir}: computed by another model than run.json's final model; {finish}"
         )
-    evaluation = settings.get("config", {}).get("evaluation", {})
+    config = settings.get("config", {})
+    evaluation = config.get("evaluation", {})
     retrieval = RetrievalOptions.model_validate(evaluation.get("retrieval") or {})  # absent: recorded before it existed
-    whitening = None
+    whitening = whitening_path = None
     if retrieval.whitening is not None:
         if not summary.get("whitening"):
             raise RunNotSearchableError(f"{run_dir}: run.json names no whitening, which its config asks for; {finish}")
-        whitening = Whitening.load(recorded_path(summary["whitening"], summary, run_dir), summary["whitening_sha256"])
-    index = open_index(embeddings_dir, split, _data_dir(run_dir), finish, retrieval, whitening)
+        whitening_path = recorded_path(summary["whitening"], summary, run_dir)
+        whitening = Whitening.load(whitening_path, summary["whitening_sha256"])
     # Runs recorded before the setting existed embedded without test-time augmentation.
-    views = evaluation.get("test_time_augmentation", "none")
-    return FinishedRun(index, model_path, model_sha256, evaluation.get("batch_size", 64), views)
+    return RunModel(run_dir, config, model_path, model_sha256, evaluation.get("batch_size", 64),
+                    evaluation.get("test_time_augmentation", "none"), retrieval, whitening, whitening_path,
+                    embeddings_dir, split)
+
+
+def open_run(run_dir: Path) -> FinishedRun:
+    """What `pvs search` needs of a run folder, or a RunNotSearchableError saying how to finish it."""
+    model = open_run_model(run_dir)
+    finish = f"finish the run with {run_command(model.run_dir)}"
+    index = open_index(model.embeddings_dir, model.split, _data_dir(model.run_dir), finish, model.retrieval,
+                       model.whitening)
+    return FinishedRun(index, model.model_path, model.model_sha256, model.batch_size, model.test_time_augmentation)
 
 
 def _data_dir(run_dir: Path) -> Path:
@@ -190,11 +225,16 @@ def read_queries(paths: list[Path], index: SearchIndex) -> list[Query]:
     """Queries of image files, each checked to decode (ImageError naming the first that does not)."""
     queries = []
     for path in paths:
-        reason = check_image(path.read_bytes(), MAX_IMAGE_PIXELS).reason
-        if reason:
-            raise ImageError(f"{path}: {reason}; give JPEG or PNG images")
+        check_query(path)
         queries.append(Query(str(path), path, _known_product(path, index.products_by_image)))
     return queries
+
+
+def check_query(path: Path) -> None:
+    """An ImageError unless the file is an image that decodes within the pixel limit."""
+    reason = check_image(path.read_bytes(), MAX_IMAGE_PIXELS).reason
+    if reason:
+        raise ImageError(f"{path}: {reason}; give JPEG or PNG images")
 
 
 def _known_product(path: Path, products_by_image: dict[str, int]) -> int | None:

@@ -72,3 +72,94 @@ def encode_example(features: Mapping[str, bytes | str | int]) -> bytes:
         for key in sorted(features)
     )
     return _field(1, entries)
+
+
+class RecordFormatError(ValueError):
+    """Bytes that are not a TFRecord record (or a `tf.train.Example`) where one was expected."""
+
+
+def record_offsets(handle: BinaryIO) -> list[int]:
+    """The byte offset of each record of an open TFRecord file, in order, from the framing
+    alone: each length is read (and its CRC checked), the data skipped."""
+    offsets, position = [], 0
+    while True:
+        handle.seek(position)
+        header = handle.read(12)
+        if not header:
+            return offsets
+        if len(header) < 12 or struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+            raise RecordFormatError(f"no TFRecord record at byte {position}: a damaged or truncated file")
+        offsets.append(position)
+        position += struct.unpack("<Q", header[:8])[0] + 16
+
+
+def read_record_at(handle: BinaryIO, offset: int) -> bytes:
+    """The data of the record at `offset` of an open TFRecord file, both CRCs checked."""
+    handle.seek(offset)
+    header = handle.read(12)
+    if len(header) < 12 or struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+        raise RecordFormatError(f"no TFRecord record at byte {offset}")
+    length = struct.unpack("<Q", header[:8])[0]
+    data, footer = handle.read(length), handle.read(4)
+    if len(data) < length or len(footer) < 4 or struct.unpack("<I", footer)[0] != masked_crc32c(data):
+        raise RecordFormatError(f"the record at byte {offset} fails its CRC: a damaged file")
+    return data
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise RecordFormatError("a truncated or overlong varint in a tf.train.Example")
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        position += 1
+        if byte < 0x80:
+            return value, position
+        shift += 7
+
+
+def _fields(data: bytes) -> list[tuple[int, bytes | int]]:
+    """The (field number, payload) pairs of a protobuf message: length-delimited ones as bytes,
+    varints as ints; other wire types are refused (a tf.train.Example has none)."""
+    fields, position = [], 0
+    while position < len(data):
+        key, position = _read_varint(data, position)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _read_varint(data, position)
+            fields.append((number, value))
+        elif wire == _LENGTH_DELIMITED:
+            length, position = _read_varint(data, position)
+            if position + length > len(data):
+                raise RecordFormatError("a truncated field in a tf.train.Example")
+            fields.append((number, data[position:position + length]))
+            position += length
+        else:
+            raise RecordFormatError(f"wire type {wire} in a tf.train.Example")
+    return fields
+
+
+def decode_example(data: bytes) -> dict[str, bytes | int | None]:
+    """A `tf.train.Example` of scalar features (as `encode_example` writes, or TensorFlow) as a
+    dict: a BytesList's first value as bytes, an Int64List's (packed or not) as int, None when empty."""
+    features = {}
+    for number, message in _fields(data):
+        if number != 1 or isinstance(message, int):
+            continue
+        for entry_number, entry in _fields(message):
+            if entry_number != 1 or isinstance(entry, int):
+                continue
+            parts = dict(_fields(entry))
+            key, feature = parts.get(1, b""), parts.get(2, b"")
+            value = None
+            for kind, values in _fields(feature):
+                inner = _fields(values) if isinstance(values, bytes) else []
+                if kind == 1 and inner:  # BytesList: repeated bytes value = 1
+                    value = inner[0][1]
+                elif kind == 3 and inner:  # Int64List: value = 1, packed (bytes of varints) or not (ints)
+                    first = inner[0][1]
+                    value = _read_varint(first, 0)[0] if isinstance(first, bytes) else first
+                    value -= (value >> 63) << 64  # two's complement
+            features[key.decode("utf-8")] = value
+    return features

@@ -8,7 +8,7 @@ lives in its own module: whitening.py, expansion.py, reranking.py.
 
 from phases.retrieval.expansion import augment_database, expand_queries
 from phases.retrieval.options import NeighbourAveraging, RerankingOptions, RetrievalOptions, WhiteningOptions
-from phases.retrieval.ranking import retrieve, retrieve_and_score
+from phases.retrieval.ranking import prepare_index, retrieve, retrieve_and_score, retrieve_prepared
 from phases.retrieval.reranking import rerank
 from phases.retrieval.whitening import Whitening, WhiteningFileError, WhiteningIntegrityError
 
@@ -22,7 +22,9 @@ __all__ = [
     "WhiteningOptions",
     "augment_database",
     "expand_queries",
+    "prepare_index",
     "rerank",
     "retrieve",
     "retrieve_and_score",
+    "retrieve_prepared",
 ]

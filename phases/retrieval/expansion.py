@@ -15,19 +15,22 @@ from phases.metrics import nearest_neighbours
 GATHER_BLOCK_BYTES = 64 * 2**20
 
 
-def expand_queries(queries, index, neighbours: int, alpha: float, *, max_block_bytes: int = DEFAULT_BLOCK_BYTES):
+def expand_queries(queries, index, neighbours: int, alpha: float, *, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
+                   search=None):
     """alpha-QE: each query becomes the weighted mean of itself (weight 1) and its `neighbours` nearest index items.
 
     Args:
         queries: [n_query, dim] floats; index: [n_index, dim] floats (both compared by cosine).
         neighbours: k, 1 to n_index; alpha: weight exponent, >= 0.
         max_block_bytes: the exact search's similarity block (phases.metrics.nearest_neighbours).
+        search: `search(vectors, k) -> (positions, similarities)` of `index` (an approximate
+            index's); None: the exact search.
 
     Returns:
         [n_query, dim] float32 unit vectors (a zero query with no positive neighbour stays zero).
     Cost: one exact search of the queries for k items, and n_query x k x dim to average.
     """
-    return _neighbour_means(queries, index, neighbours, alpha, max_block_bytes, own_weight=1.0)
+    return _neighbour_means(queries, index, neighbours, alpha, max_block_bytes, own_weight=1.0, search=search)
 
 
 def augment_database(index, neighbours: int, alpha: float, *, max_block_bytes: int = DEFAULT_BLOCK_BYTES):
@@ -46,7 +49,7 @@ def augment_database(index, neighbours: int, alpha: float, *, max_block_bytes: i
     return _neighbour_means(index, index, neighbours, alpha, max_block_bytes, own_weight=0.0)
 
 
-def _neighbour_means(vectors, index, neighbours, alpha, max_block_bytes, own_weight) -> np.ndarray:
+def _neighbour_means(vectors, index, neighbours, alpha, max_block_bytes, own_weight, search=None) -> np.ndarray:
     """[n, dim] float32: normalise(own_weight x unit(v) + sum over v's k nearest index items j of
     max(cos(v, j), 0)^alpha x unit(j)) for each row v of vectors [n, dim], a block of rows at a time."""
     vectors, index = np.asarray(vectors, dtype=np.float32), np.asarray(index, dtype=np.float32)
@@ -56,7 +59,10 @@ def _neighbour_means(vectors, index, neighbours, alpha, max_block_bytes, own_wei
     rows_per_block = max(1, GATHER_BLOCK_BYTES // (neighbours * index.shape[1] * 4))
     for start in range(0, len(vectors), rows_per_block):
         rows = slice(start, start + rows_per_block)
-        positions, similarities = nearest_neighbours(vectors[rows], index, neighbours, max_block_bytes=max_block_bytes)
+        if search is None:
+            positions, similarities = nearest_neighbours(vectors[rows], index, neighbours, max_block_bytes=max_block_bytes)
+        else:
+            positions, similarities = search(vectors[rows], neighbours)
         weights = np.maximum(similarities, 0) ** np.float32(alpha) * index_scale[positions]
         sums = (weights[:, None, :] @ index[positions])[:, 0]  # [rows, 1, k] @ [rows, k, dim]
         sums += own_weight * vector_scale[rows, None] * vectors[rows]
