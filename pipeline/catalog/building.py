@@ -90,9 +90,13 @@ def assemble_index(work: Work, shards: list[EmbeddedShard], run: RunModel, setti
 
 def source_config(config: PipelineConfig, source: str) -> PipelineConfig:
     """The run's config reading `source`: its images ingested whole (no val or test share:
-    a catalog is one set), with the run's other ingestion options."""
+    a catalog is one set), with the run's other ingestion options; an ingested gs:// or s3://
+    source staged on local disk (`storage.read_shards: stage`), where the index reads each
+    image's record for its thumbnail."""
     ingest = config.data.ingest.model_copy(update={"val_fraction": 0.0, "test_fraction": 0.0})
-    return config.model_copy(update={"data": config.data.model_copy(update={"source": source, "ingest": ingest})})
+    storage = config.storage.model_copy(update={"read_shards": "stage"})
+    data = config.data.model_copy(update={"source": source, "ingest": ingest})
+    return config.model_copy(update={"data": data, "storage": storage})
 
 
 def build_catalog(request: CatalogRequest, run: RunModel, config: PipelineConfig, root: RunRoot, forced: set[str]) -> dict:
