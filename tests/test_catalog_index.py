@@ -150,3 +150,22 @@ def test_an_altered_index_file_and_another_model_are_refused(built, tmp_path, pr
         open_catalog(copy)
     refused = pvs("search", "--index", copy, sorted(sources[0].rglob("*.jpg"))[0], server=prefect_server, check=False)
     assert refused.returncode == 2 and "its sha256 differs" in refused.stderr
+
+
+def test_a_catalog_in_cloud_storage_is_indexed_as_the_same_images_on_disk(run_dir, sources, built, storage_emulator,  # noqa: F811
+                                                                          prefect_server, tmp_path):
+    """A gs:// image folder is staged and ingested as a run's source is: the same items and vectors."""
+    from test_storage import upload_folder
+
+    url = f"gs://{storage_emulator.bucket}/catalog-{tmp_path.name}"
+    upload_folder(sources[1], url)
+    index = tmp_path / "remote"
+    pvs("index", "build", "--run", run_dir, url, "--out", index, server=prefect_server)
+    remote, local = open_catalog(index), open_catalog(built)
+    assert json.loads((index / "index.json").read_text())["sources"][0]["source"] == url
+    rows = {image_id: row for row, image_id in enumerate(local.image_ids)}
+    assert sorted(remote.image_ids) == sorted(image_id.relative_to(sources[1]).as_posix().encode()
+                                              for image_id in sources[1].rglob("*.*"))
+    np.testing.assert_allclose(np.asarray(remote.prepared),
+                               np.asarray(local.prepared)[[rows[image_id] for image_id in remote.image_ids]], atol=1e-5)
+    assert remote.image_bytes(0) == (sources[1] / remote.image_ids[0].decode()).read_bytes()
