@@ -17,7 +17,7 @@ from test_search import run_dir  # noqa: F401  (the module's finished tiny run)
 from pipeline.catalog.index import CatalogIndexError, CatalogIntegrityError, open_catalog, search_catalog
 from tfrecords.embeddings import load_embeddings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("catalog")]  # one worker builds the module's run and index once
 
 
 def pvs(*arguments, server: str, check: bool = True) -> subprocess.CompletedProcess:
