@@ -121,6 +121,7 @@ class RunModel:
     retrieval: RetrievalOptions
     whitening: Whitening | None
     whitening_path: Path | None
+    whitening_sha256: str | None  # as run.json records it (Whitening.load checked it)
     embeddings_dir: Path
     split: str
 
@@ -166,16 +167,17 @@ def open_run_model(run_dir: Path) -> RunModel:
     config = settings.get("config", {})
     evaluation = config.get("evaluation", {})
     retrieval = RetrievalOptions.model_validate(evaluation.get("retrieval") or {})  # absent: recorded before it existed
-    whitening = whitening_path = None
+    whitening = whitening_path = whitening_sha256 = None
     if retrieval.whitening is not None:
         if not summary.get("whitening"):
             raise RunNotSearchableError(f"{run_dir}: run.json names no whitening, which its config asks for; {finish}")
         whitening_path = recorded_path(summary["whitening"], summary, run_dir)
-        whitening = Whitening.load(whitening_path, summary["whitening_sha256"])
+        whitening_sha256 = summary["whitening_sha256"]
+        whitening = Whitening.load(whitening_path, whitening_sha256)
     # Runs recorded before the setting existed embedded without test-time augmentation.
     return RunModel(run_dir, config, model_path, model_sha256, evaluation.get("batch_size", 64),
                     evaluation.get("test_time_augmentation", "none"), retrieval, whitening, whitening_path,
-                    embeddings_dir, split)
+                    whitening_sha256, embeddings_dir, split)
 
 
 def open_run(run_dir: Path) -> FinishedRun:

@@ -82,19 +82,16 @@ def assemble(shards: list[EmbeddedShard], model_path: Path, retrieval: Retrieval
     product_names = np.array(sorted(set(names)), dtype=bytes)
     product_ids = np.searchsorted(product_names, np.array(names, dtype=bytes)).astype(np.int64)
 
-    reused = _reusable(previous, retrieval, settings, whitening_sha256, image_ids, vectors, whitening)
+    prepared = prepare_index(vectors, retrieval, whitening)
+    reused = _reusable(previous, retrieval, settings, whitening_sha256, image_ids, prepared)
     if reused is not None:  # the previous rows first, in their positions; the new ones after them
-        old_count, old_index = reused
-        order = _previous_first(previous, image_ids)
-        image_ids, sources, product_ids, vectors = image_ids[order], sources[order], product_ids[order], vectors[order]
+        order, old_count, index = reused
+        image_ids, sources, product_ids, prepared = image_ids[order], sources[order], product_ids[order], prepared[order]
         locations = {name: values[order] for name, values in locations.items()}
-        prepared = prepare_index(vectors, retrieval, whitening)
-        index = old_index
         if index is not None and len(prepared) > old_count:
             index.add(unit(prepared[old_count:]))
         mode = f"extended: {old_count} items kept, {len(prepared) - old_count} added"
     else:
-        prepared = prepare_index(vectors, retrieval, whitening)
         index = None if settings.kind == "exact" else VectorIndex.build(
             unit(prepared), settings.kind, settings.parameters, seed=settings.seed)
         mode = "built"
@@ -172,8 +169,11 @@ def _gather(shards: list[EmbeddedShard]) -> tuple[np.ndarray, list[str], np.ndar
 
 
 def _reusable(previous: Path | None, retrieval: RetrievalOptions, settings: CatalogSettings, whitening_sha256,
-              image_ids: np.ndarray, vectors: np.ndarray, whitening: Whitening | None):
-    """(rows kept, its vector index or None for exact) when `previous` can be extended; else None."""
+              image_ids: np.ndarray, prepared: np.ndarray):
+    """When `previous` can be extended: (the order of the new rows that puts the previous
+    assembly's images first, in its order; how many those are; its vector index, None for
+    exact); else None. Without DBA an item's prepared vector depends on it alone, so the
+    previous rows must come back as they were."""
     if previous is None or retrieval.database_augmentation is not None or not (previous / ITEMS_NAME).is_file():
         return None
     from pipeline.records import peek_record
@@ -188,20 +188,9 @@ def _reusable(previous: Path | None, retrieval: RetrievalOptions, settings: Cata
     position = {image_id: row for row, image_id in enumerate(image_ids)}
     if any(image_id not in position for image_id in old_ids):
         return None  # images were removed: built anew
-    old_prepared = np.load(previous / PREPARED_NAME, mmap_mode="r", allow_pickle=False)
-    rows = np.array([position[image_id] for image_id in old_ids], dtype=np.int64)
-    if not np.array_equal(prepare_index(vectors[rows], retrieval, whitening), old_prepared):
+    kept = np.array([position[image_id] for image_id in old_ids], dtype=np.int64)
+    if not np.array_equal(prepared[kept], np.load(previous / PREPARED_NAME, mmap_mode="r", allow_pickle=False)):
         return None  # re-embedded differently (another machine's kernels): built anew
-    if settings.kind == "exact":
-        return len(old_ids), None
-    return len(old_ids), VectorIndex.load(previous / VECTORS_FOLDER, facts["vector_files"])
-
-
-def _previous_first(previous: Path, image_ids: np.ndarray) -> np.ndarray:
-    """The order of `image_ids` that puts the previous assembly's images first, in its order."""
-    with np.load(previous / ITEMS_NAME, allow_pickle=False) as items:
-        old_ids = items["image_ids"]
-    position = {image_id: row for row, image_id in enumerate(image_ids)}
-    kept = [position[image_id] for image_id in old_ids]
-    added = np.setdiff1d(np.arange(len(image_ids)), kept, assume_unique=True)
-    return np.concatenate([np.array(kept, dtype=np.int64), added])
+    order = np.concatenate([kept, np.setdiff1d(np.arange(len(image_ids)), kept, assume_unique=True)])
+    index = None if settings.kind == "exact" else VectorIndex.load(previous / VECTORS_FOLDER, facts["vector_files"])
+    return order, len(kept), index

@@ -73,12 +73,7 @@ class CatalogAssembly:
 def assemble_index(work: Work, shards: list[EmbeddedShard], run: RunModel, settings: CatalogSettings,
                    previous: Path | None) -> CatalogAssembly:
     """The catalog's embedded shards gathered into `work.folder` (assemble.py)."""
-    whitening_sha256 = None
-    if run.whitening_path is not None:
-        from tfrecords.files import sha256_file
-
-        whitening_sha256 = sha256_file(run.whitening_path)
-    assembly = assemble(shards, run.model_path, run.retrieval, run.whitening_path, whitening_sha256, settings,
+    assembly = assemble(shards, run.model_path, run.retrieval, run.whitening_path, run.whitening_sha256, settings,
                         work.folder, previous if previous != work.folder else None)
     facts = assembly.facts
     recall = f", recall@10 {facts['recall_at_10']:.4f} against the exact search" if facts["recall_at_10"] is not None else ""
@@ -143,7 +138,7 @@ def catalog_work(config: PipelineConfig, root: RunRoot, settings: CatalogSetting
     return keys.make_work("catalog_index", root, "index", lambda key: root.local / f"built-{key[:12]}",
                           shards=[shard.manifest_sha256 for shard in shards], model=run.model_sha256,
                           retrieval=run.retrieval.model_dump(), settings=settings.model_dump(),
-                          whitening=str(run.whitening_path) if run.whitening_path else None,
+                          whitening=run.whitening_sha256,
                           vectors=keys.vector_settings(config))
 
 

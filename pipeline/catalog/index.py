@@ -108,6 +108,9 @@ def open_catalog(folder: Path, model_sha256: str | None = None) -> CatalogIndex:
         path = folder / entry["path"]
         if not path.is_file():
             raise CatalogIndexError(f"{path}: missing from the index; run `pvs index update {folder}` to rebuild it")
+        if name.startswith(f"{VECTORS_FOLDER}/"):
+            files[name] = path
+            continue  # VectorIndex.load checks these, on the handle it then reads
         if sha256_file(path) != entry["sha256"]:
             raise CatalogIntegrityError(f"{path}: its sha256 differs from index.json's: the file was altered or "
                                         f"damaged; run `pvs index update {folder} --force` to rebuild it")
