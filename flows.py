@@ -32,12 +32,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from pydantic.json_schema import SkipJsonSchema
 
 import tfrecords  # noqa: F401  (sets TF_CPP_MIN_LOG_LEVEL before anything imports TensorFlow)
 from phases.config import PipelineConfig
 from pipeline import keys
 from pipeline.compare import artifact_markdown, read_runs, write_chart
 from pipeline.coordination import chief_summary
+from pipeline.flow_parameters import ConfigPath, StepNames
+from pipeline.flow_runs import mark_dead_runs, run_name, tag_flow_run
 from pipeline.logs import install_log_filters
 from pipeline.reports import artifact_key
 from pipeline.run_report import RunReport
@@ -53,28 +56,45 @@ from pipeline.tasks import extract_embeddings, ingest_data, score_baseline, trai
 install_log_filters()
 
 
-@flow(name="finetune", description="Ingest, train the phases of the recipe, extract embeddings and a submission.")
+@flow(name="finetune", description="Ingest, train the phases of the recipe, extract embeddings and a submission.",
+      flow_run_name=run_name)
 def finetune(
-    config_path: str = "configs/demo.yaml",
-    overrides: dict[str, Any] | None = None,
-    run_dir: str | None = None,
-    force: list[str] | None = None,
-    request: RunRequest | None = None,
+    config_path: ConfigPath = "configs/demo.yaml",
+    overrides: dict[str, Any] = {},  # noqa: B006  (empty, not None: see pipeline/flow_parameters.py)
+    run_dir: str = "",
+    force: StepNames = [],  # noqa: B006
+    request: SkipJsonSchema[RunRequest | None] = None,
 ) -> dict:
-    """Run (or resume) the pipeline of `config_path` with `overrides` (dotted keys, e.g.
-    {"phases.full.epochs": 3}) into `run_dir` (default runs/<config name>); `force`
-    names steps to recompute. `run_dir` may be a gs:// URL. `request`: the same, already
-    loaded and checked (`pvs run` does it before Prefect starts); a deployment leaves it
-    out. Returns the paths (or URLs) of scores.csv, the chart and submission.csv."""
+    """Run (or resume) the pipeline of a config: ingestion, the baseline, each phase, the
+    extraction.
+
+    Args:
+        config_path: The config to run: a library config (`pvs configs` lists them), or the path
+            of any YAML config, relative to the project folder.
+        overrides: Config values changed for this run, by dotted key, as `pvs run --set` takes
+            them, e.g. `{"phases.full.epochs": 3, "data.batch_size": 32}`.
+        run_dir: The run folder, or a gs:// URL; empty: runs/ and the config's file name
+            (runs/seed for configs/seed.yaml). A run resumes what it finds there.
+        force: Steps to compute again even when their folder holds a finished result: ingest,
+            baseline, a phase by its name, extraction.
+        request: `pvs run`'s hand-off, the same arguments already loaded and checked (before
+            Prefect started); left out of the schema, so a deployment's Run form never shows it.
+
+    Returns:
+        The paths (or URLs) of scores.csv, the chart and submission.csv.
+    """
     if request is None:
         request = RunRequest.load(config_path, overrides, run_dir or str(default_run_dir(config_path)), force)
     config = request.config
     root = RunRoot(request.run_dir, StorageSettings.of(config))
     root.read_only = request.other_worker
     root.pull_loose_files()  # run-config.yaml, for the owner check
+    tag_flow_run(config, request.config_path, root, get_run_logger())
     with claim_run_root(root.local, Path(request.config_path), config, request.overrides) as swept:
         if swept:
             get_run_logger().info(f"removed {swept} temporary file(s) left in {root.local} by an interrupted run")
+        if not root.read_only:
+            mark_dead_runs(root, get_run_logger())
         configure_runtime(config)
         return _run_steps(config, root, request.forced)
 
@@ -94,7 +114,7 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: frozenset[str]) ->
     inputs = local_inputs(config)
 
     data = run_step(ingest_data, keys.ingestion_work(config, root), forced, root, config=inputs)
-    report.step_done()
+    report.step_done("data ingested")
     baseline = run_step(score_baseline, keys.baseline_work(config, root, data), forced, root, config=inputs, data=data)
     report.baseline(baseline)
 
@@ -102,7 +122,7 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: frozenset[str]) ->
     for number, phase in enumerate(config.phases, start=1):
         work = keys.phase_work(config, root, number, data, previous and previous.model)
         previous = run_step(train_phase, work, forced, root, config=inputs, phase_name=phase.name, data=data,
-                            previous=previous and previous.model, root=root)
+                            previous=previous and previous.model, root=root, on_epoch=report.epoch)
         report.phase(phase.name, previous)
 
     final = previous.final_model
@@ -117,13 +137,21 @@ def _run_steps(config: PipelineConfig, root: RunRoot, forced: frozenset[str]) ->
                           config=inputs, data=data, final=final, shards=shards)
     summary = report.finish(data, final, extraction)
     logger.info(f"submission: {summary['submission']} ({extraction.split}: mar_at_10 {extraction.scores['mar_at_10']:.4f})")
+    report.log_verdict(logger)
     return summary
 
 
 @flow(name="compare-runs", description="Runs side by side: mar_at_10 per phase, test score, model size, time.")
-def compare_runs(run_dirs: list[str], out_dir: str | None = None) -> dict:
-    """`pvs compare` as a flow: writes OUT_DIR/comparison.png (default: the working folder)
-    and a markdown artifact of the chart and the table. Returns the chart's path."""
+def compare_runs(run_dirs: list[str], out_dir: str = "") -> dict:
+    """`pvs compare` as a flow: a chart of the runs and a markdown artifact of it and the table.
+
+    Args:
+        run_dirs: The run folders to put side by side, e.g. `["runs/seed", "runs/no-block7a"]`.
+        out_dir: The folder comparison.png is written to; empty: the working folder.
+
+    Returns:
+        The chart's path and the runs' names.
+    """
     runs = read_runs([Path(run_dir) for run_dir in run_dirs])
     chart = write_chart(runs, Path(out_dir or ".") / "comparison.png")
     create_markdown_artifact(artifact_markdown(runs, chart), key=artifact_key("comparison", *(run.name for run in runs)),
@@ -134,17 +162,30 @@ def compare_runs(run_dirs: list[str], out_dir: str | None = None) -> dict:
 @flow(name="catalog-index", description="Embed a catalog with a run's final model and build its search index.")
 def catalog_index(
     index_dir: str,
-    run_dir: str | None = None,
-    sources: list[str] | None = None,
-    settings: dict[str, Any] | None = None,
+    run_dir: str = "",
+    sources: list[str] = [],  # noqa: B006  (empty, not None: see pipeline/flow_parameters.py)
+    settings: dict[str, Any] = {},  # noqa: B006
     add: bool = False,
     force: bool = False,
 ) -> dict:
     """Build (`run_dir` and `sources`), extend (`add`: `sources` appended) or update (neither:
-    the recorded sources read again) the catalog index in `index_dir`: each source ingested,
-    each image shard embedded by the run's final model (cached: only shards not embedded yet
-    are), the index assembled (`settings`: pipeline/catalog/settings.py) and index.json written.
-    `force`: embed and assemble again. Returns index.json's content."""
+    the recorded sources read again) a catalog index: each source ingested, each image shard
+    embedded by the run's final model (cached: only shards not embedded yet are), the index
+    assembled and index.json written.
+
+    Args:
+        index_dir: The index folder, on the machine that searches it.
+        run_dir: The run whose final model embeds the catalog (a build); empty: the index's own.
+        sources: Catalogs to build from, or with `add`, to append: CSVs, image folders or
+            ingested folders (gs:// or s3:// too); empty: the index's recorded sources, read again.
+        settings: The search structure built, as pipeline/catalog/settings.py reads it (a build),
+            e.g. `{"kind": "hnsw", "parameters": {"ef_search": 128}}`; empty: the exact search.
+        add: Append `sources` to the index's sources rather than build it anew.
+        force: Embed every shard and assemble the index again, even where cached.
+
+    Returns:
+        index.json's content.
+    """
     from phases.config import PipelineConfig
     from pipeline.catalog.building import build_catalog, resolve_request
     from pipeline.catalog.index import CatalogIndexError

@@ -107,6 +107,8 @@ def _train(trainer: Trainer, phase, config: PipelineConfig, context: PhaseContex
     scorer = trainer.scorer(model)  # made outside the scope: it predicts on this process's device
     rows = list(checkpoint.state["rows"]) if checkpoint is not None else []
     start = checkpoint.next_epoch if checkpoint is not None else 0
+    if checkpoint is not None:
+        context.resuming(start, checkpoint.step, phase.epochs)
     for epoch in range(start, phase.epochs):
         resumed = checkpoint if checkpoint is not None and epoch == start and checkpoint.step is not None else None
         plan = trainer.plan_epoch(model, epoch)

@@ -52,9 +52,16 @@ def initial_classifier(config: PipelineConfig, data_dir: Path, classes: int) -> 
 
 
 def baseline_row(config: PipelineConfig, data_dir: Path) -> dict:
-    """The `baseline` row: the untrained model's features (`model.features`) scored on val.
-    (A new head's BatchNormalization only scales the pooled features: the same ranking.)"""
+    """The `baseline` row: the untrained model's features (`model.features`) scored on val,
+    and on the final split (`test_mar_at_10`, ...) when the data has its queries, as each
+    phase's last row is: the run's verdict compares both ends. (A new head's
+    BatchNormalization only scales the pooled features: the same ranking.)"""
     set_precision(config.runtime.precision)
-    _, classes = class_labels(config, read_manifest(data_dir, ImageManifest))
+    manifest = read_manifest(data_dir, ImageManifest)
+    _, classes = class_labels(config, manifest)
     features = features_of(initial_classifier(config, data_dir, classes), config.model.features)
-    return {"phase": "baseline", "epoch": 0, **score_split(features, config, data_dir, config.evaluation.split, None)}
+    row = {"phase": "baseline", "epoch": 0, **score_split(features, config, data_dir, config.evaluation.split, None)}
+    final = config.evaluation.final_split
+    if final != config.evaluation.split and manifest.has_queries(final):
+        row.update({f"{final}_{name}": value for name, value in score_split(features, config, data_dir, final, None).items()})
+    return row

@@ -14,7 +14,7 @@ from phases.errors import TrainingError
 EMBEDDER_FILE = "embedder.keras"  # a phase's images -> embeddings model, in its work folder
 
 
-def _ignore(row: dict) -> None:
+def _ignore(*args) -> None:
     return None
 
 
@@ -25,12 +25,16 @@ class PhaseContext:
     `data_dir`: an ingested folder (manifest.json + shards). `work_dir`: this phase's
     own folder (checkpoints, final model, caches); nothing is written elsewhere.
     `report(row)` is called once per scored epoch, after its checkpoint is saved.
-    `callbacks` are extra Keras callbacks (logging, TensorBoard) from the caller.
+    `resuming(epoch, step, epochs)` is called before training when the phase resumes from
+    a checkpoint: at 0-based `epoch` of `epochs`, after `step` of its batches (None: at
+    the epoch's start).
+    `callbacks` are extra Keras callbacks (the epoch log lines) from the caller.
     """
 
     data_dir: Path
     work_dir: Path
     report: Callable[[dict], None] = _ignore
+    resuming: Callable[[int, int | None, int], None] = _ignore
     callbacks: Sequence[keras.callbacks.Callback] = ()
 
 

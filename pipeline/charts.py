@@ -13,16 +13,34 @@ from tfrecords.files import write_bytes_atomic  # noqa: E402
 
 
 def write_score_chart(rows: list[dict], out_path: Path, metric: str = "mar_at_10", title: str = "") -> Path:
-    """One point per scored (phase, epoch) in run order, coloured by phase, labelled with its value."""
+    """`score_chart` written as a PNG."""
+    return save_figure(score_chart(rows, metric, title), out_path)
+
+
+def score_chart(rows: list[dict], metric: str = "mar_at_10", title: str = ""):
+    """One point per scored (phase, epoch) in run order, coloured by phase, labelled with its
+    value; and, where measured (the baseline, each phase's last epoch), the final split's
+    score as black diamonds on a dashed line. Returns the Matplotlib figure."""
     figure, axis = plt.subplots(figsize=(max(5.0, 0.55 * len(rows) + 2), 3.6))
     phases = list(dict.fromkeys(row["phase"] for row in rows))
     colours = plt.get_cmap("tab10")
     for number, phase in enumerate(phases):
         positions = [i for i, row in enumerate(rows) if row["phase"] == phase]
         _labelled_line(axis, positions, [float(rows[i][metric]) for i in positions], phase, colours(number % 10))
+    tests = [(i, float(row[f"test_{metric}"])) for i, row in enumerate(rows) if _is_number(row.get(f"test_{metric}"))]
+    if tests:  # measured once per phase, at its end (and for the baseline)
+        axis.plot([i for i, _ in tests], [value for _, value in tests], "D--", color="black", markersize=5,
+                  linewidth=0.8, label=f"test {metric}")
+        for i, value in tests:
+            axis.annotate(f"{value:.3f}", (i, value), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7)
     axis.set_xticks(range(len(rows)), [f"{row['phase']}\n{row['epoch']}" for row in rows], fontsize=7)
-    _finish(axis, metric, max(float(row[metric]) for row in rows), title or f"{metric} after each phase and epoch")
-    return save_figure(figure, out_path)
+    top = max([float(row[metric]) for row in rows] + [value for _, value in tests])
+    _finish(axis, metric, top, title or f"{metric} after each phase and epoch")
+    return figure
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def write_comparison_chart(runs: dict[str, list[dict]], out_path: Path, metric: str = "mar_at_10",
@@ -78,7 +96,7 @@ def _finish(axis, metric: str, top: float, title: str) -> None:
 
 
 def _y_from_zero(axis, top: float) -> None:
-    axis.set_ylim(0, min(1.0, top * 1.2) if top > 0 else 1.0)  # from 0: small moves stay small
+    axis.set_ylim(0, min(1.1, top * 1.2) if top > 0 else 1.0)  # from 0: small moves stay small; room for labels
 
 
 def save_figure(figure, out_path: str | Path) -> Path:

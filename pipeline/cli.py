@@ -64,8 +64,8 @@ def _run(args) -> None:
     with prefect_api(meanwhile):  # PREFECT_API_URL's server, checked to answer, or a temporary one
         from flows import finetune
 
-        finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force,
-                 request=request[0])
+        summary = finetune(config_path=str(args.config), overrides=overrides, run_dir=run_dir, force=args.force,
+                           request=request[0])
     from pipeline.reports import read_scores
     from pipeline.scores import ScoreTable
     from pipeline.storage.remote import is_remote
@@ -76,6 +76,11 @@ def _run(args) -> None:
     table = ScoreTable(local / "scores.csv")
     table.rows = read_scores(local)
     print(table.render())
+    from pipeline.verdict import run_verdict
+
+    verdict = run_verdict(table.rows, config.evaluation.final_split, summary.get("final_scores"), config.evaluation.split)
+    if verdict:
+        print("\n" + "\n".join(verdict) + "\n")
     shown = run_dir.rstrip("/") if is_remote(run_dir) else str(Path(run_dir))
     print(f"scores: {shown}/scores.csv (chart: {shown}/scores.png)")
     print(f"submission: {shown}/submission.csv")
@@ -255,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.prefect_server import kill_servers
     from pipeline.stopping import exit_status, stop_on_signals
 
+    if argv is None:  # the program itself, not a test calling main(): TensorFlow's known C++ lines dropped
+        from pipeline.console import filter_stderr
+
+        filter_stderr()
     args = command_line().parse_args(argv)
     try:
         with stop_on_signals(at_once=kill_servers):

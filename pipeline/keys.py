@@ -38,7 +38,7 @@ from tfrecords.sources import scan_source
 # output changes and its version does not (`tests/step_fingerprints.json`).
 STEP_VERSIONS = {
     "ingest": 1,  # the shards and manifest.json (tfrecords/: ingest, shard_writer, record_format, splits, images)
-    "baseline": 1,  # the untrained model's score row (phases/: model, scoring, metrics, the reader)
+    "baseline": 2,  # the untrained model's score row (phases/: model, scoring, metrics, the reader); 2: final split's too
     "phase": 1,  # a phase's checkpoints (their format too: a resumed phase reads them), models and score rows
     "embed_shard": 1,  # one image shard's embeddings by the final model (phases/extraction.py, tfrecords/embeddings.py)
     "extraction": 1,  # the merged embeddings, submission.csv and the final split's scores

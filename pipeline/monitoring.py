@@ -1,16 +1,18 @@
-"""What a training task reports while it runs: epoch lines in the Prefect log,
-TensorBoard logs per phase, and the fault drill's injected fault (pipeline/fault_drill.py).
+"""What a training task reports while it runs: epoch lines in the Prefect log, the phase's
+TensorBoard run (pipeline/tensorboard_logs.py), and the fault drill's injected fault
+(pipeline/fault_drill.py).
 
 Keras' progress bars are off (`fit(verbose=0)`): Prefect's log shows one line per
 epoch from `EpochLogger` instead, and one per scored epoch from `ScoreReporter`.
 """
 
 import logging
-from pathlib import Path
 
 import keras
 
+from phases.unit import PhaseResult
 from pipeline.fault_drill import inject_fault
+from pipeline.tensorboard_logs import PhaseLog
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -26,29 +28,20 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 class ScoreReporter:
-    """The phase's `report` hook: logs each scored epoch, writes its scores to
-    TensorBoard (`<phase folder>/tensorboard/scores`) and injects the configured fault."""
+    """The phase's `report` hook: logs each scored epoch, writes its row to the phase's
+    TensorBoard run and injects the configured fault; `finish` adds the final split's scores."""
 
-    def __init__(self, logger, phase: str, tensorboard_dir: Path):
-        import tensorflow as tf
-
-        self.logger, self.phase = logger, phase
-        self.writer = tf.summary.create_file_writer(str(tensorboard_dir / "scores"))
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, board: PhaseLog):
+        self.logger, self.board = logger, board
 
     def __call__(self, row: dict) -> None:
-        import tensorflow as tf
-
+        phase = self.board.name
         scores = {name: value for name, value in row.items() if isinstance(value, float)}
         self.logger.info(
-            f"{self.phase} epoch {row['epoch']} scored: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+            f"{phase} epoch {row['epoch']} scored: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
         )
-        with self.writer.as_default():
-            for name, value in scores.items():
-                tf.summary.scalar(name, value, step=int(row["epoch"]))
-        self.writer.flush()
-        inject_fault(self.phase, int(row["epoch"]))
+        self.board.epoch(row)
+        inject_fault(phase, int(row["epoch"]))
 
-
-def tensorboard_callback(folder: Path) -> keras.callbacks.Callback:
-    """Keras' TensorBoard logs of a phase (per epoch; no graph, no profiling)."""
-    return keras.callbacks.TensorBoard(log_dir=str(folder / "tensorboard"), write_graph=False, update_freq="epoch", profile_batch=0)
+    def finish(self, result: PhaseResult) -> None:
+        self.board.finish(result.final_scores)

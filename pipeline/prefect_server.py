@@ -7,6 +7,12 @@ four tracebacks). A SIGTERM, which skips Prefect's exit hook, left it running fo
 `prefect_api` starts the same server (Prefect's app under uvicorn, UI off, on 127.0.0.1) in
 a session of its own and stops it when the run ends, however it ends (`pipeline/stopping.py`
 turns both signals into an exception, so this block's `finally` runs).
+
+The server is Prefect's and local to the run: its telemetry is off (it runs on 127.0.0.1,
+often on a closed network, and its heartbeat raced the run for the SQLite database,
+printing a 70-line "database is locked" traceback), and what it prints goes to
+SERVER_LOG in PREFECT_HOME, which the one line `pvs run` prints names. A server that
+does not start says why: its last lines come with the error.
 """
 
 import contextlib
@@ -16,6 +22,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO
 
 from tfrecords.errors import UserError
 
@@ -23,6 +31,8 @@ from tfrecords.errors import UserError
 # default for its temporary server is 20 s, too tight when tests run beside it.
 STARTUP_SECONDS = 90
 STOP_SECONDS = 5  # then SIGKILL
+SERVER_LOG = "temporary-server.log"  # in PREFECT_HOME, appended to by every temporary server
+LAST_LINES = 20  # of its log, in the error when a server does not start
 
 
 _started: set[subprocess.Popen] = set()  # temporary servers of this process still running
@@ -84,13 +94,17 @@ def temporary_server(meanwhile: Callable[[], None] = _nothing) -> Iterator[str]:
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    process = _start(port)
+    log = _server_log()
+    with log.open("a") as handle:
+        handle.write(f"--- temporary Prefect server on port {port}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        start = handle.tell()
+        process = _start(port, handle)
     _started.add(process)
     try:
-        print(f"temporary Prefect server on http://127.0.0.1:{port} (pid {process.pid}), stopped at the end of the run",
-              file=sys.stderr, flush=True)
+        print(f"temporary Prefect server on http://127.0.0.1:{port} (pid {process.pid}, log {log}), stopped at the "
+              "end of the run", file=sys.stderr, flush=True)
         meanwhile()
-        _wait_until_up(process, url)
+        _wait_until_up(process, url, log, start)
         with temporary_settings(updates={PREFECT_API_URL: url}):
             try:
                 yield url
@@ -101,9 +115,18 @@ def temporary_server(meanwhile: Callable[[], None] = _nothing) -> Iterator[str]:
         _started.discard(process)
 
 
-def _start(port: int) -> subprocess.Popen:
+def _server_log() -> Path:
+    from prefect.settings import get_current_settings
+
+    home = get_current_settings().home
+    home.mkdir(parents=True, exist_ok=True)
+    return home / SERVER_LOG
+
+
+def _start(port: int, log: TextIO) -> subprocess.Popen:
     """Prefect's app under uvicorn, as Prefect starts its own temporary server, but with
-    start_new_session: a terminal's Ctrl-C goes to the foreground process group only."""
+    start_new_session: a terminal's Ctrl-C goes to the foreground process group only.
+    Its stdout and stderr go to `log`."""
     import prefect
     from prefect.settings import get_current_settings
 
@@ -113,6 +136,7 @@ def _start(port: int) -> subprocess.Popen:
         "PREFECT__SERVER_EPHEMERAL": "1",
         "PREFECT__SERVER_FINAL": "1",
         **get_current_settings().to_environment_variables(exclude_unset=True),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     environment.pop("PREFECT_API_URL", None)
     command = [
@@ -120,25 +144,37 @@ def _start(port: int) -> subprocess.Popen:
         "--factory", "prefect.server.api.server:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on",
     ]
-    return subprocess.Popen(command, env=environment, stdin=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(command, env=environment, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
-def _wait_until_up(process: subprocess.Popen, url: str) -> None:
+def _wait_until_up(process: subprocess.Popen, url: str, log: Path, start: int) -> None:
+    """Return once the server at `url` answers; PrefectServerError with the last lines it
+    wrote to `log` (from offset `start`) when it exits or does not answer in time."""
     import httpx
 
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise PrefectServerError(f"the temporary Prefect server exited with status {process.returncode} while "
-                                     "starting (its messages are above); set PREFECT_API_URL to a running server")
+                                     f"starting{_last_lines(log, start)}\nset PREFECT_API_URL to a running server")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise PrefectServerError(f"the temporary Prefect server at {url} did not answer within {STARTUP_SECONDS} s; "
-                             "the machine may be overloaded: run again, or set PREFECT_API_URL to a running server")
+    raise PrefectServerError(f"the temporary Prefect server at {url} did not answer within {STARTUP_SECONDS} s"
+                             f"{_last_lines(log, start)}\nthe machine may be overloaded: run again, or set "
+                             "PREFECT_API_URL to a running server")
+
+
+def _last_lines(log: Path, start: int) -> str:
+    """The last LAST_LINES lines the server wrote to `log` after offset `start`, introduced."""
+    with log.open(errors="replace") as handle:
+        handle.seek(start)
+        lines = handle.read().splitlines()[-LAST_LINES:]
+    return f"; the end of its log ({log}):\n" + "\n".join(lines) if lines else f" (its log {log} is empty)"
 
 
 def _send_logs() -> None:

@@ -4,6 +4,7 @@ artifacts in the Prefect UI (a score table per phase, the chart per run, progres
 
 import base64
 import csv
+import hashlib
 import re
 from pathlib import Path
 
@@ -124,6 +125,21 @@ def render_leaderboard(name: str, table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PHASE_TABLE = ("phase", "epoch", "loss", METRIC, "map_at_10", "recall_at_1", "recall_at_10", "map_at_r", f"test_{METRIC}",
+               "train_seconds")
+
+
+def phase_table(rows: list[dict]) -> list[dict]:
+    """A phase's score rows for its table artifact: the columns that fit a screen (scores.csv
+    has them all), numbers to 4 digits."""
+    columns = [column for column in PHASE_TABLE if any(column in row for row in rows)]
+    return [{column: _rounded(row.get(column, "")) for column in columns} for row in rows]
+
+
+def _rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(value):
         return f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "")
@@ -138,11 +154,12 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
-def chart_markdown(title: str, chart: Path, rows: list[dict]) -> str:
-    """The run's markdown artifact: the chart embedded as a PNG data URI (the server keeps
-    nothing but the artifact, so the image travels inside it) and the leaderboard table."""
-    table = leaderboard(rows)
-    return f"# {title}\n\n{png_markdown('score chart', chart)}\n\n{markdown_table(table, list(LEADERBOARD_COLUMNS))}\n"
+def run_key(root) -> str:
+    """The start of a run's artifact keys: its folder's name and 8 hex digits of where it is
+    (the absolute path, or the gs:// URL), e.g. `demo-1a2b3c4d`: two folders named `demo`
+    get two keys, and every run of one folder the same (the UI keeps each key's versions)."""
+    name = root.identity.rstrip("/").rsplit("/", 1)[-1]
+    return artifact_key(name, hashlib.sha256(root.identity.encode()).hexdigest()[:8])
 
 
 def png_markdown(alt: str, png: Path) -> str:

@@ -32,7 +32,12 @@ POLL_SECONDS = 1.0  # how long the main thread waits on the shards at a time (se
 
 def step_names(config: PipelineConfig) -> list[str]:
     """What `force` may name: ingest, baseline, each phase, extraction."""
-    return ["ingest", "baseline", *(phase.name for phase in config.phases), "extraction"]
+    return steps_with_phases([phase.name for phase in config.phases])
+
+
+def steps_with_phases(phase_names: list[str]) -> list[str]:
+    """The steps of a pipeline of these phases, in the order they run."""
+    return ["ingest", "baseline", *phase_names, "extraction"]
 
 
 def check_force(config: PipelineConfig, force: list[str] | None) -> set[str]:

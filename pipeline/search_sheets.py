@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 
 from phases.retrieval import RetrievalOptions, Whitening
-from pipeline.reports import png_markdown
 from pipeline.search import SHEET_QUERIES, SHEET_TOP, Match, Query, SearchIndex, open_index, search
 from pipeline.sheets import Cell, write_sheet
 from tfrecords.embeddings import load_embeddings
@@ -63,10 +62,7 @@ def write_run_sheet(out: Path, extraction, data_dir: Path, retrieval: RetrievalO
     return draw(out, queries, search(index, stored.vectors[order], SHEET_TOP), index)
 
 
-def sheet_markdown(title: str, sheet: Path) -> str:
-    """The run's markdown artifact of its sheet, the image embedded as a data URI."""
-    return (
-        f"# {title}\n\n{png_markdown('search sheet', sheet)}\n\n"
-        f"One row per query (the first {SHEET_QUERIES} by image id), then its {SHEET_TOP} nearest index images "
-        "with rank, cosine similarity and product: green the query's product, red another.\n"
-    )
+def sheet_caption() -> str:
+    """What a run's search sheet shows, under it in the run's report."""
+    return (f"One row per query (the first {SHEET_QUERIES} by image id), then its {SHEET_TOP} nearest index images "
+            "with rank, cosine similarity and product: green the query's product, red another.")

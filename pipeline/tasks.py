@@ -12,9 +12,11 @@ Prefect stores only the small output (paths, digests, scores) as JSON, never mod
 import dataclasses
 import functools
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 
 from phases.config import PipelineConfig
 from phases.controller import run_phase
@@ -22,13 +24,16 @@ from phases.extraction import embed_shard as embed_image_shard
 from phases.extraction import final_group, merge
 from phases.starting import baseline_row
 from phases.unit import PhaseContext, PhaseResult
-from pipeline.monitoring import EpochLogger, ScoreReporter, tensorboard_callback
+from pipeline.flow_runs import attempt
+from pipeline.monitoring import EpochLogger, ScoreReporter
 from pipeline.records import Work
+from pipeline.reports import artifact_key, phase_table, run_key
 from pipeline.steps import Baseline, Extraction, IngestedData, ModelFile, PhaseOutput, ShardEmbeddings
 from pipeline.storage.remote import download, is_remote, join
 from pipeline.storage.run_store import RunRoot
 from pipeline.storage.shard_cache import ShardCache, StorageSettings
 from pipeline.storage.staging import check_direct_read, remote_ingested, stage_source
+from pipeline.tensorboard_logs import PhaseLog
 from tfrecords.files import write_text_atomic
 from tfrecords.ingest import ingest, summary
 from tfrecords.manifest import (
@@ -126,19 +131,24 @@ def score_baseline(work: Work, config: PipelineConfig, data: IngestedData) -> Ba
 
 @cached_task(PhaseOutput)
 def train_phase(work: Work, config: PipelineConfig, phase_name: str, data: IngestedData, previous: ModelFile | None,
-                root: RunRoot) -> PhaseOutput:
+                root: RunRoot, on_epoch: Callable[[str, dict], None] | None = None) -> PhaseOutput:
     """Train (or resume) one phase in `work.folder`; returns its final model and score rows.
 
     `previous` is the model of the phase before, None for the first. The folder is pushed to
     `root` after every epoch (checkpoint included; nothing to do for a local root), so a
-    phase in a bucket can resume on another machine.
+    phase in a bucket can resume on another machine; then `on_epoch(phase, row)` (the run's
+    report). Its score table is an artifact of this task run, rounded to 4 digits.
     """
-    return PhaseOutput.write(work, _train(work, config, phase_name, data, previous, root))
+    output = PhaseOutput.write(work, _train(work, config, phase_name, data, previous, root, on_epoch))
+    rows = output.scored_rows(config.evaluation.final_split)
+    create_table_artifact(phase_table(rows), key=artifact_key(run_key(root), "scores", phase_name),
+                          description=f"{phase_name}: scores per epoch ({root.identity}; {attempt()})")
+    return output
 
 
 @task(task_run_name="{work.name}", persist_result=False)
 def train_phase_in_lockstep(work: Work, config: PipelineConfig, phase_name: str, data: IngestedData,
-                            previous: ModelFile | None, root: RunRoot) -> None:
+                            previous: ModelFile | None, root: RunRoot, on_epoch=None) -> None:
     """A worker that is not the chief of a multi-worker cluster: trains the phase in lockstep
     with the chief (from the checkpoint the flow pulled from the bucket) and writes nothing:
     no record, no cache entry. The flow takes the phase's model from the chief's record."""
@@ -146,30 +156,37 @@ def train_phase_in_lockstep(work: Work, config: PipelineConfig, phase_name: str,
 
 
 def _train(work: Work, config: PipelineConfig, phase_name: str, data: IngestedData, previous: ModelFile | None,
-           root: RunRoot) -> PhaseResult:
+           root: RunRoot, on_epoch: Callable[[str, dict], None] | None = None) -> PhaseResult:
     """Run (or resume) the phase in `work.folder`, reporting each epoch's scores."""
     logger = get_run_logger()
     phase = config.phase(phase_name)
-    scores = ScoreReporter(logger, phase.name, work.folder / "tensorboard")
+    scores = ScoreReporter(logger, PhaseLog(root, config, phase.name, work.folder))
 
     def report(row: dict) -> None:
         scores(row)
         root.push(work.folder)
+        if on_epoch is not None:
+            on_epoch(phase.name, row)
 
     context = PhaseContext(
         data_dir=data.data_dir,
         work_dir=work.folder,
         report=report,
-        callbacks=(EpochLogger(logger, phase.name), tensorboard_callback(work.folder)),
+        resuming=lambda epoch, step, epochs: logger.info(resume_message(phase.name, epoch, step, epochs)),
+        callbacks=(EpochLogger(logger, phase.name),),
     )
     start = (previous.path, previous.sha256) if previous else None
     result = run_phase(phase, config, context, start)
-    if result.resumed_at_step is not None:
-        logger.info(f"{phase.name}: resumed after epoch {result.resumed_after_epoch}, step {result.resumed_at_step} "
-                    f"of epoch {result.resumed_after_epoch + 1}, from its checkpoint")
-    elif result.resumed_after_epoch is not None:
-        logger.info(f"{phase.name}: resumed after epoch {result.resumed_after_epoch} from its checkpoint")
+    scores.finish(result)  # the final split's scores, at the phase's last step
     return result
+
+
+def resume_message(phase: str, epoch: int, step: int | None, epochs: int) -> str:
+    """What a phase resuming from its checkpoint says before it trains (`epoch` 0-based)."""
+    if epoch >= epochs:
+        return f"{phase}: all {epochs} epoch(s) were trained before; resuming from its checkpoint to finish the phase"
+    inside = f", after batch {step}" if step is not None else ""
+    return f"{phase}: resuming at epoch {epoch + 1} of {epochs}{inside}, from its checkpoint"
 
 
 @cached_task(ShardEmbeddings)

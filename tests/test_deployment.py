@@ -20,6 +20,9 @@ from browser import CHROMIUM
 from conftest import PREFECT_HOME, REPO, stop
 from test_run import write_config
 
+from pipeline.reports import run_key
+from pipeline.storage import RunRoot
+
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 STEPS = ["ingest", "baseline", "top", "block7a", "full", "siamese", "embed", "extraction"]  # embed: one task per shard
 TWO_EPOCHS_OF_FULL = json.dumps({"phases.full.epochs": 2})  # so that phase 3 has an epoch to resume from
@@ -121,9 +124,15 @@ def test_deployment_run_completes_with_every_artifact(prefect_server, uninterrup
         record = json.loads((folder / "result.json").read_text())
         assert (folder / record["files"]["model"]["path"]).is_file() and record["output"]["rows"]
     assert (run_dir / "submission.csv").is_file() and (run_dir / "scores.png").is_file()
-    found = {(artifact["key"], artifact["type"]) for artifact in artifacts(prefect_server, flow_run)}
-    assert {("run-scores-top", "table"), ("run-scores-siamese", "table"), ("run-score-chart", "markdown"),
-            ("run-progress", "progress")} <= found
+    # Keys of this run folder; the report (chart, progress, verdict) is the flow run's only artifact of its
+    # own, so the UI shows it first; each phase's table belongs to the phase's task run.
+    key, found = run_key(RunRoot(run_dir)), artifacts(prefect_server, flow_run)
+    assert {(f"{key}-scores-top", "table"), (f"{key}-scores-siamese", "table"), (f"{key}-score-chart", "markdown")} <= {
+        (artifact["key"], artifact["type"]) for artifact in found}
+    assert [artifact["key"] for artifact in found if artifact["task_run_id"] is None] == [f"{key}-score-chart"]
+    report = next(artifact for artifact in found if artifact["key"] == f"{key}-score-chart")
+    assert report["data"].startswith("# ") and "**100%** of 7 steps" in report["data"] and "best epoch: " in report["data"]
+    assert "attempt 1" in report["description"] and str(run_dir.resolve()) in report["description"]
 
 
 def test_failed_phase_resumes_from_its_checkpoint_by_running_the_deployment_again(prefect_server, uninterrupted, tmp_path):
@@ -131,6 +140,9 @@ def test_failed_phase_resumes_from_its_checkpoint_by_running_the_deployment_agai
     run_dir = tmp_path / "run"
     failed, state = run_deployment(prefect_server, config, run_dir, fault={"PVS_FAIL_AFTER": "full:1"})
     assert state == "FAILED" and task_states(prefect_server, failed)["full"] == "Failed"
+    # The failed run's report was updated after the epoch it scored before failing.
+    report = next(a for a in artifacts(prefect_server, failed) if a["key"] == f"{run_key(RunRoot(run_dir))}-score-chart")
+    assert "full: epoch 1 of 2 scored" in report["data"] and "score chart" in report["data"]
 
     resumed, state = run_deployment(prefect_server, config, run_dir)
     assert state == "COMPLETED"
@@ -164,8 +176,8 @@ def test_failed_phase_resumes_by_prefect_flow_run_retry(prefect_server, uninterr
 def test_score_chart_renders_in_the_prefect_ui(prefect_server, uninterrupted, tmp_path):
     from browser import Browser
 
-    _, _, flow_run = uninterrupted
-    chart = next(a for a in artifacts(prefect_server, flow_run) if a["key"] == "run-score-chart")
+    _, run_dir, flow_run = uninterrupted
+    chart = next(a for a in artifacts(prefect_server, flow_run) if a["key"] == f"{run_key(RunRoot(run_dir))}-score-chart")
     ui = prefect_server.removesuffix("/api")
     browser = Browser()
     try:
@@ -183,3 +195,54 @@ def test_score_chart_renders_in_the_prefect_ui(prefect_server, uninterrupted, tm
     assert image is not None, f"the score chart image never finished loading; the page said: {table[:1500]}"
     assert image["natural"] > 100 and image["width"] > 100 and image["height"] > 50
     assert "best_mar_at_10" in table and "siamese" in table  # the leaderboard under the chart
+    assert re.search(r"test mar_at_10: baseline [0-9.]+ -> final", table)  # the verdict, test scores included
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="no Chromium here (.ci/run installs Debian's)")
+def test_run_form_describes_each_parameter_and_offers_the_library_configs_and_steps(prefect_server, worker, tmp_path):
+    from browser import Browser
+
+    deployment = httpx.get(f"{prefect_server}/deployments/name/finetune/gpu").json()
+    fields = deployment["parameter_openapi_schema"]["properties"]
+    assert list(fields) == ["config_path", "overrides", "run_dir", "force"]  # not `request`, pvs run's hand-off
+
+    def plain(text: str) -> str:  # markdown as the page shows it: no backticks, spaces collapsed
+        return " ".join(text.replace("`", "").split())
+
+    ui = prefect_server.removesuffix("/api")
+    browser = Browser()
+    try:
+        # The UI a deployment's link opens (v1): each field's tabs and choices (a native <select>).
+        browser.open(f"{ui}/deployments/deployment/{deployment['id']}/run")
+        v1 = browser.wait_for(
+            "(() => { const fields = {}; for (const field of document.querySelectorAll('.schema-form-property')) {"
+            " const label = field.querySelector('.schema-form-property__label'); if (!label) continue;"
+            " fields[label.innerText.split(' ')[0]] = {"
+            "  tabs: [...field.querySelectorAll('.p-button-group__button')].map(tab => tab.innerText.trim()),"
+            "  choices: [...field.querySelectorAll('option')].map(option => option.textContent.trim())}; }"
+            " return 'force' in fields && {fields, text: document.body.innerText}; })()"
+        )
+        browser.screenshot(tmp_path / "run-form.png")
+        # The UI Prefect's home page opens (v2): the choices are in a drop-down, listed once it is open.
+        browser.open(f"{ui}/v2/deployments/deployment/{deployment['id']}/run")
+        v2_text = browser.wait_for("document.querySelector('[aria-label=\"Select steps\"]') && document.body.innerText")
+        v2_choices = {}
+        for tab in ("library config", "steps"):
+            browser.evaluate(f"document.querySelector('[aria-label=\"Select {tab}\"]').click()")
+            v2_choices[tab] = browser.wait_for(
+                "[...document.querySelectorAll('[role=option]')].map(option => option.innerText.trim())", timeout=10)
+            browser.evaluate("document.activeElement.dispatchEvent("
+                             "new KeyboardEvent('keydown', {key: 'Escape', bubbles: true}))")
+    finally:
+        browser.close()
+    assert v1 and v2_text and all(v2_choices.values()), "the Run form never showed its fields and choices"
+    for text in (v1["text"], v2_text):
+        assert 'Property is type "None"' not in text
+        for name, field in fields.items():
+            assert plain(field["description"]) in plain(text), name
+    configs = {"configs/demo.yaml", "configs/seed.yaml", "configs/recipe/no-block7a.yaml"}
+    steps = {"ingest", "baseline", "top", "block7a", "full", "siamese", "extraction"}
+    assert v1["fields"]["config_path"]["tabs"] == ["library config", "path"]
+    assert configs <= set(v1["fields"]["config_path"]["choices"]) and configs <= set(v2_choices["library config"])
+    assert v1["fields"]["force"]["tabs"] == ["steps", "other names"]
+    assert steps <= set(v1["fields"]["force"]["choices"]) and steps <= set(v2_choices["steps"])

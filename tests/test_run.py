@@ -3,12 +3,15 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
+import httpx
 import pytest
 import yaml
 from conftest import states
+from test_tensorboard import scalar_steps
 
 from phases.submission import read_submission
 from phases.metrics import SCORE_NAMES
@@ -44,6 +47,12 @@ def pvs_run(config, run_dir, *extra, server=None):
     return result.stdout + result.stderr
 
 
+def flow_run_of(printed: str, server: str) -> dict:
+    """The flow run whose page `pvs run` printed ("View at .../runs/flow-run/ID"), from the API."""
+    flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", printed).group(1)
+    return httpx.get(f"{server}/flow_runs/{flow_run_id}").json()
+
+
 def read_csv(path):
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -57,6 +66,13 @@ def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_ph
     steps = ["ingest", "baseline", "top", "block7a", "full", "siamese", "extraction"]
     assert states(printed) == dict.fromkeys(steps, "Completed")
     assert "phase" in printed and "mar_at_10" in printed and f"submission: {run_dir / 'submission.csv'}" in printed
+    # It ends with a verdict (baseline -> final on val and test, the best epoch), and its flow run is
+    # named after its run folder and config, and tagged.
+    assert re.search(r"^val mar_at_10: baseline [0-9.]+ -> final [0-9.]+ \([-+][0-9.]+; noise about", printed, re.MULTILINE)
+    assert re.search(r"^test mar_at_10: baseline [0-9.]+ -> final ", printed, re.MULTILINE) and "best epoch: " in printed
+    flow_run = flow_run_of(printed, prefect_server)
+    assert flow_run["name"] == f"{run_dir} · {config}"
+    assert {"config:tiny", "architecture:EfficientNetB0"} <= set(flow_run["tags"])
 
     rows = read_csv(run_dir / "scores.csv")
     assert list(rows[0])[: 3 + len(SCORE_NAMES)] == ["phase", "epoch", "loss", *SCORE_NAMES]
@@ -64,17 +80,18 @@ def test_run_writes_scores_submission_and_embeddings_and_a_rerun_reuses_every_ph
         ("baseline", "0"), ("top", "1"), ("block7a", "1"), ("full", "1"), ("siamese", "1"), ("siamese", "2"),
     ]
     assert [row["margin"] for row in rows[-2:]] == ["0.5", "0.75"]
-    # Each phase's last row also carries the test scores measured at the end of the phase.
-    assert [bool(row["test_mar_at_10"]) for row in rows] == [False, True, True, True, False, True]
+    # The baseline and each phase's last row also carry the test scores, measured at the phase's end.
+    assert [bool(row["test_mar_at_10"]) for row in rows] == [True, True, True, True, False, True]
     assert rows[3]["test_accuracy"] != "" and rows[1]["val_accuracy"] != ""
     assert all(0 <= float(row["mar_at_10"]) <= 1 for row in rows)
     assert (run_dir / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Each phase logs to TensorBoard: Keras' training curves and the scores per epoch.
-    for phase in ("top", "block7a", "full", "siamese"):
-        folder = next((run_dir / "phases").glob(f"0?-{phase}-*"))
-        assert list((folder / "tensorboard" / "scores").glob("events.out.tfevents.*"))
-        assert list((folder / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    # TensorBoard: a run per phase in RUN_DIR/tensorboard, the epochs counted across phases.
+    board = run_dir / "tensorboard"
+    for phase, epochs in {"baseline": [0], "top": [1], "block7a": [2], "full": [3], "siamese": [4, 5]}.items():
+        assert scalar_steps(board / phase, "val/mar_at_10") == epochs
+        assert scalar_steps(board / phase, "train/loss") == ([] if phase == "baseline" else epochs)
+    assert scalar_steps(board / "siamese", "test/mar_at_10") == [5] and scalar_steps(board / "end-of-run", "search_sheet") == [5]
 
     summary = json.loads((run_dir / "run.json").read_text())
     embeddings_dir = summary["embeddings"]

@@ -19,6 +19,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import states
 
@@ -178,7 +179,26 @@ def test_damaged_or_deleted_files_are_found_by_digest_and_recomputed(killed_run,
                               "full": "Cached", "siamese": "Completed", "extraction": "Completed"}
     assert "siamese: no trustworthy result" in output
     # The altered epoch-2 checkpoint was not used: the one before it was, inside epoch 2.
-    assert re.search(r"siamese: resumed after epoch 1, step \d+ of epoch 2, from its checkpoint", output)
+    resuming = re.search(r"siamese: resuming at epoch 2 of \d+, after batch \d+, from its checkpoint", output)
+    assert resuming and resuming.start() < output.index("siamese epoch 2 trained")  # said before it trains
     assert rewritten(untouched, run_dir) == []
     assert_same_scores(read_scores(run_dir), reference.scores)
     assert (run_dir / "submission.csv").read_bytes() == reference.submission
+
+
+@pytest.mark.slow
+def test_each_killed_runs_flow_run_is_marked_crashed_by_the_run_that_resumes_it(killed_run, prefect_server):
+    """A run killed by the machine stays Running in the API (nothing is left to say otherwise)
+    until the next run of its folder marks it, and its running task runs, Crashed, naming itself."""
+    run_dir, _, kills, seed, _, _ = killed_run
+    logs = [run_dir.parent / f"run-{number}.log" for number in range(1, len(kills) + 1)] + [run_dir.parent / "final.log"]
+    ids = [re.search(r"/runs/flow-run/([0-9a-f-]{36})", log.read_text()).group(1) for log in logs]
+    for (point, outcome), killed, resumer in zip(kills, ids, ids[1:]):
+        if outcome != "killed":
+            continue
+        run = httpx.get(f"{prefect_server}/flow_runs/{killed}").json()
+        assert run["state"]["type"] == "CRASHED" and resumer in run["state"]["message"], (seed, str(point), run["state"])
+        tasks = httpx.post(f"{prefect_server}/task_runs/filter", json={"flow_runs": {"id": {"any_": [killed]}}}).json()
+        assert not [task["name"] for task in tasks if task["state"]["type"] == "RUNNING"], (seed, str(point))
+        assert f"resumes:{killed[:8]}" in httpx.get(f"{prefect_server}/flow_runs/{resumer}").json()["tags"]
+    assert httpx.get(f"{prefect_server}/flow_runs/{ids[-1]}").json()["state"]["type"] == "COMPLETED"

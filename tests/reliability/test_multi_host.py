@@ -90,7 +90,7 @@ def test_two_hosts_train_every_phase_together_and_only_the_chief_writes_the_buck
         "ingest": "Cached", "baseline": "Cached", "top": "Completed", "siamese": "Completed", "extraction": "Completed"}
     assert states(theirs) == {"top": "Completed", "siamese": "Completed"}
     for output in (mine, theirs):
-        assert "top: resumed after epoch 1 from its checkpoint" in output
+        assert "top: resuming at epoch 2 of " in output  # said before it trains
     assert "top: training beside the chief (2 checkpoint file(s) pulled)" in theirs
     # One model trained by both: each epoch's loss, reduced across the workers, is the same on both.
     assert epoch_losses(mine) == epoch_losses(theirs) and len(epoch_losses(mine)) == 2  # top epoch 2, siamese epoch 1
