@@ -90,14 +90,15 @@ def _report(args) -> None:
     from pipeline.charts import write_comparison_chart, write_score_chart
     from pipeline.outputs import output_file
     from pipeline.reports import leaderboard, read_scores, render_leaderboard, run_names
+    from pipeline.verdict import recorded_verdict
 
     folders = [_fetched(run_dir, args.cache_dir) for run_dir in args.run_dirs]
     default = folders[0] / "report.png" if len(folders) == 1 else Path("comparison.png")
     with output_file(args.chart or default, "--chart", default.name, default=args.chart is None):
         runs = {name: read_scores(folder) for folder, name in zip(folders, run_names(args.run_dirs))}
-        for name, rows in runs.items():
+        for folder, (name, rows) in zip(folders, runs.items()):
             print(render_leaderboard(name, leaderboard(rows)))
-            print()
+            print("\n".join(["", *recorded_verdict(folder, rows), ""]))
         if len(runs) == 1:
             chart = write_score_chart(rows, args.chart or default, title=f"{name}: mar_at_10")
         else:

@@ -12,15 +12,18 @@ two models on the same queries is usually less noisy, so "within the noise" mean
 shown by this split", not "no change".
 """
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 METRIC = "mar_at_10"
 
 
 @dataclass(frozen=True)
 class Change:
-    """One split's score before training and after, with `queries` queries."""
+    """One split's score before training and after, with `queries` queries (0: not recorded,
+    as in runs made before scores.csv counted them: no noise is stated)."""
 
     split: str
     baseline: float
@@ -41,14 +44,14 @@ class Change:
         return self.final - self.baseline
 
     def line(self) -> str:
-        return (f"{self.split} {METRIC}: baseline {self.baseline:.4f} -> final {self.final:.4f} ({self.delta:+.4f}; "
-                f"noise about ±{self.noise:.3f} with {self.queries} queries)")
+        noise = f"; noise about ±{self.noise:.3f} with {self.queries} queries" if self.queries else ""
+        return f"{self.split} {METRIC}: baseline {self.baseline:.4f} -> final {self.final:.4f} ({self.delta:+.4f}{noise})"
 
     def warning(self) -> str | None:
-        if self.final < self.baseline - self.noise:
+        if self.final < self.baseline - (self.noise if self.queries else 0.0):
             return (f"WARNING: the final {self.split} score is below the untrained model's: training made retrieval "
                     "worse (compare the phases in scores.csv; a learning rate too high, or too few images)")
-        if abs(self.delta) <= self.noise:
+        if self.queries and abs(self.delta) <= self.noise:
             return (f"WARNING: the {self.split} change ({self.delta:+.4f}) is within the noise of {self.queries} "
                     "queries: this split cannot tell the final model from the untrained one (more queries, or more "
                     "epochs)")
@@ -104,3 +107,15 @@ def _number(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def recorded_verdict(run_dir: Path, rows: list[dict]) -> list[str]:
+    """The verdict of a run folder's scores.csv `rows`, with the final split's scores from its
+    run.json when the run finished (`pvs report`)."""
+    try:
+        summary = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    summary = summary if isinstance(summary, dict) else {}
+    final_scores = summary.get("final_scores") if isinstance(summary.get("final_scores"), dict) else None
+    return run_verdict(rows, summary.get("final_split") or "test", final_scores)

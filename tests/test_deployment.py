@@ -133,6 +133,8 @@ def test_deployment_run_completes_with_every_artifact(prefect_server, uninterrup
     report = next(artifact for artifact in found if artifact["key"] == f"{key}-score-chart")
     assert report["data"].startswith("# ") and "**100%** of 7 steps" in report["data"] and "best epoch: " in report["data"]
     assert "attempt 1" in report["description"] and str(run_dir.resolve()) in report["description"]
+    run = httpx.get(f"{prefect_server}/flow_runs/{flow_run}").json()  # named and tagged, not `merciful-whale`
+    assert run["name"] == f"{run_dir} · {config}" and {"deployment:gpu", "config:tiny"} <= set(run["tags"])
 
 
 def test_failed_phase_resumes_from_its_checkpoint_by_running_the_deployment_again(prefect_server, uninterrupted, tmp_path):

@@ -25,10 +25,13 @@ def test_report_prints_best_and_final_epoch_per_phase_and_writes_the_chart(tmp_p
     run = write_run(tmp_path / "seed", SEED_JOURNEY)
     assert main(["report", str(run)]) == 0
     printed = capsys.readouterr().out
-    lines = {line.split()[0]: line.split() for line in printed.splitlines()[2:] if line.strip() and not line.startswith("chart")}
+    lines = {line.split()[0]: line.split() for line in printed.splitlines()[2:7]}  # the five phases
     assert lines["full"] == ["full", "3", "2", "0.4410", "0.4330", "0.4300"]  # best epoch 2, final epoch 3
     assert lines["siamese"] == ["siamese", "2", "2", "0.4630", "0.4630", "0.4580"]
     assert lines["baseline"][:5] == ["baseline", "0", "0", "0.3420", "0.3420"]
+    # The verdict: scores.csv without query counts (an older run) states the change without its noise.
+    assert "val mar_at_10: baseline 0.3420 -> final 0.4630 (+0.1210)" in printed
+    assert "best epoch: siamese 2 (0.4630), the final one" in printed
     assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
