@@ -12,7 +12,6 @@ phase is the last).
 from functools import partial
 
 import keras
-import tensorflow as tf
 
 from phases.checkpoints import load_model
 from phases.config import ClassifierHead
@@ -25,7 +24,6 @@ from phases.starting import class_labels, initial_classifier
 from phases.unit import EMBEDDER_FILE, EpochPlan, FinalModels, epoch_seed, seed_model_randomness
 from tfrecords.manifest import ImageManifest, read_manifest, verify_shards
 from tfrecords.options import ReadOptions
-from tfrecords.preprocess import NUM_VIEWS
 from tfrecords.reader import read_images
 
 
@@ -110,17 +108,4 @@ def training_batches(phase, config, data_dir, labels_of: str, epoch: int, static
         deterministic=config.runtime.deterministic or several_workers,
         verify=False,
     )
-    batches = read_images(data_dir, "train", options).map(lambda element: (element["image"], element[labels_of]))
-    # Told how many batches the epoch has (the reader's interleave and shuffle hide it), Keras
-    # ends the epoch there instead of running into the end of the data, which it warns about
-    # ("Your input ran out of data"); a count that does not hold fails the epoch, not silently.
-    images = read_manifest(data_dir, ImageManifest).counts["train"]
-    return batches.apply(tf.data.experimental.assert_cardinality(batches_per_epoch(images, options)))
-
-
-def batches_per_epoch(images: int, options: ReadOptions) -> int:
-    """How many batches `read_images` makes of `images` images read with `options`: each image
-    once, or as its NUM_VIEWS views (`augment: all`); the last, partial batch dropped with
-    `drop_remainder`."""
-    elements = images * (NUM_VIEWS if options.augment == "all" else 1)
-    return elements // options.batch_size if options.drop_remainder else -(-elements // options.batch_size)
+    return read_images(data_dir, "train", options).map(lambda element: (element["image"], element[labels_of]))

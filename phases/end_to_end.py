@@ -112,7 +112,4 @@ def training_batches(phase, config, data_dir: Path, epoch: int, several_workers:
         return element["image"], tf.strings.to_hash_bucket_fast(element["image_id"], VIEW_LABEL_BUCKETS)
 
     # read_view_groups always drops the last, partial batch: static batch shapes, as TPUs need.
-    # Keras is told how many, as classification's `training_batches` tells it (no "ran out of data").
-    views = read_manifest(data_dir, ImageManifest).counts["train"] * phase.views_per_label
-    groups = read_view_groups(data_dir, "train", options, phase.views_per_label).map(labelled)
-    return groups.apply(tf.data.experimental.assert_cardinality(views // options.batch_size))
+    return read_view_groups(data_dir, "train", options, phase.views_per_label).map(labelled)

@@ -7,6 +7,7 @@
 2. Credentials are masked (`pipeline/redaction.py`); this filter renders tracebacks,
    so it comes second, after the first has looked at the exception.
 3. TensorFlow's warning that Keras' predict step was traced again (`KerasPredictRetracing`).
+4. Keras' "Your input ran out of data" warning (`OUT_OF_DATA`), and no other warning.
 In a flow-run process a worker started, TensorFlow's known C++ lines are also dropped from
 its stderr (`pipeline/console.py`), as `pvs` drops them from its own.
 """
@@ -14,6 +15,7 @@ its stderr (`pipeline/console.py`), as `pvs` drops them from its own.
 import logging
 import os
 import re
+import warnings
 
 from pipeline.redaction import RUN_LOGGERS, install_log_redaction
 from tfrecords.errors import UserError
@@ -46,6 +48,15 @@ class KerasPredictRetracing(logging.Filter):
         return not self.RETRACING.search(record.getMessage())
 
 
+# Keras warns "Your input ran out of data; interrupting training" at the end of every epoch
+# whose dataset does not say its length (the reader's interleave and shuffle hide it): it
+# finds the epoch's end by reaching the data's, which is how our epochs are defined (each
+# epoch's dataset is that epoch's batches, once). Telling Keras the count instead
+# (tf.data's assert_cardinality) would be cleaner but changes how a MirroredStrategy
+# splits the last batch, and so its scores (tests/test_distribute.py): the warning is dropped.
+OUT_OF_DATA = r"Your input ran out of data; interrupting training"
+
+
 def install_log_filters() -> None:
     """Add the filters to their loggers, in order (once, however often it is called); in a
     flow run's process (PREFECT__FLOW_RUN_ID set), filter its stderr too."""
@@ -57,6 +68,7 @@ def install_log_filters() -> None:
     tensorflow = logging.getLogger("tensorflow")
     if not any(isinstance(existing, KerasPredictRetracing) for existing in tensorflow.filters):
         tensorflow.addFilter(KerasPredictRetracing())
+    warnings.filterwarnings("ignore", message=OUT_OF_DATA, category=UserWarning)
     if os.environ.get("PREFECT__FLOW_RUN_ID"):
         from pipeline.console import filter_stderr
 

@@ -1,6 +1,5 @@
-"""What a training task reports while it runs: epoch lines in the Prefect log, the phase's
-TensorBoard run (pipeline/tensorboard_logs.py), and the fault drill's injected fault
-(pipeline/fault_drill.py).
+"""What a training task reports while it runs: epoch lines in the Prefect log and the
+phase's TensorBoard run (pipeline/tensorboard_logs.py).
 
 Keras' progress bars are off (`fit(verbose=0)`): Prefect's log shows one line per
 epoch from `EpochLogger` instead, and one per scored epoch from `ScoreReporter`.
@@ -11,7 +10,6 @@ import logging
 import keras
 
 from phases.unit import PhaseResult
-from pipeline.fault_drill import inject_fault
 from pipeline.tensorboard_logs import PhaseLog
 
 
@@ -29,7 +27,7 @@ class EpochLogger(keras.callbacks.Callback):
 
 class ScoreReporter:
     """The phase's `report` hook: logs each scored epoch, writes its row to the phase's
-    TensorBoard run and injects the configured fault; `finish` adds the final split's scores."""
+    TensorBoard run; `finish` adds the final split's scores."""
 
     def __init__(self, logger: logging.Logger | logging.LoggerAdapter, board: PhaseLog):
         self.logger, self.board = logger, board
@@ -41,7 +39,6 @@ class ScoreReporter:
             f"{phase} epoch {row['epoch']} scored: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
         )
         self.board.epoch(row)
-        inject_fault(phase, int(row["epoch"]))
 
     def finish(self, result: PhaseResult) -> None:
         self.board.finish(result.final_scores)

@@ -24,6 +24,7 @@ from phases.extraction import embed_shard as embed_image_shard
 from phases.extraction import final_group, merge
 from phases.starting import baseline_row
 from phases.unit import PhaseContext, PhaseResult
+from pipeline.fault_drill import inject_fault
 from pipeline.flow_runs import attempt
 from pipeline.monitoring import EpochLogger, ScoreReporter
 from pipeline.records import Work
@@ -162,11 +163,12 @@ def _train(work: Work, config: PipelineConfig, phase_name: str, data: IngestedDa
     phase = config.phase(phase_name)
     scores = ScoreReporter(logger, PhaseLog(root, config, phase.name, work.folder))
 
-    def report(row: dict) -> None:
+    def report(row: dict) -> None:  # the run's report first: a run failing here keeps this epoch in its chart
         scores(row)
-        root.push(work.folder)
         if on_epoch is not None:
             on_epoch(phase.name, row)
+        inject_fault(phase.name, int(row["epoch"]))  # the fault drill (pipeline/fault_drill.py)
+        root.push(work.folder)
 
     context = PhaseContext(
         data_dir=data.data_dir,

@@ -211,6 +211,10 @@ def test_run_form_describes_each_parameter_and_offers_the_library_configs_and_st
     def plain(text: str) -> str:  # markdown as the page shows it: no backticks, spaces collapsed
         return " ".join(text.replace("`", "").split())
 
+    # The page's text once every description shows (as plain() writes it), else None.
+    described = ("(() => { const text = document.body.innerText.replace(/`/g, '').replace(/\\s+/g, ' ');"
+                 f" return {json.dumps([plain(field['description']) for field in fields.values()])}"
+                 ".every(description => text.includes(description)) && document.body.innerText; })()")
     ui = prefect_server.removesuffix("/api")
     browser = Browser()
     try:
@@ -224,10 +228,12 @@ def test_run_form_describes_each_parameter_and_offers_the_library_configs_and_st
             "  choices: [...field.querySelectorAll('option')].map(option => option.textContent.trim())}; }"
             " return 'force' in fields && {fields, text: document.body.innerText}; })()"
         )
+        v1_text = browser.wait_for(described)  # the descriptions are rendered (markdown) after the fields
         browser.screenshot(tmp_path / "run-form.png")
         # The UI Prefect's home page opens (v2): the choices are in a drop-down, listed once it is open.
         browser.open(f"{ui}/v2/deployments/deployment/{deployment['id']}/run")
         v2_text = browser.wait_for("document.querySelector('[aria-label=\"Select steps\"]') && document.body.innerText")
+        v2_text = browser.wait_for(described) or v2_text
         v2_choices = {}
         for tab in ("library config", "steps"):
             browser.evaluate(f"document.querySelector('[aria-label=\"Select {tab}\"]').click()")
@@ -238,10 +244,11 @@ def test_run_form_describes_each_parameter_and_offers_the_library_configs_and_st
     finally:
         browser.close()
     assert v1 and v2_text and all(v2_choices.values()), "the Run form never showed its fields and choices"
-    for text in (v1["text"], v2_text):
+    for text in (v1_text or v1["text"], v2_text):
         assert 'Property is type "None"' not in text
         for name, field in fields.items():
-            assert plain(field["description"]) in plain(text), name
+            shown = plain(text)
+            assert plain(field["description"]) in shown, (name, shown[shown.find(plain(field["description"])[:20]):][:300])
     configs = {"configs/demo.yaml", "configs/seed.yaml", "configs/recipe/no-block7a.yaml"}
     steps = {"ingest", "baseline", "top", "block7a", "full", "siamese", "extraction"}
     assert v1["fields"]["config_path"]["tabs"] == ["library config", "path"]

@@ -90,10 +90,10 @@ def write_checkpoint(folder: Path, epoch: int, model: Path) -> None:
     (folder / f"epoch-{epoch:04d}.json").write_text(json.dumps(state))
 
 
-def server_records(api: str, flow_run_name: str) -> dict[str, list]:
+def server_records(api: str, flow_run_id: str) -> dict[str, list]:
     """Everything the Prefect server keeps of one flow run: the run, its task runs, logs, artifacts."""
     with httpx.Client(base_url=api, timeout=30) as client:
-        runs = client.post("/flow_runs/filter", json={"flow_runs": {"name": {"any_": [flow_run_name]}}}).json()
+        runs = client.post("/flow_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
         assert len(runs) == 1, runs
         run_id = runs[0]["id"]
         logs: list = []
@@ -304,8 +304,8 @@ def test_a_service_account_path_reaches_no_output_file_log_or_artifact(tiny_run,
     for folder in (tiny_run.run_dir, tiny_run.folders["PREFECT_HOME"]):
         leaking = [path for path in folder.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
         assert not leaking, leaking
-    flow_run_name = re.search(r"Flow run '([\w-]+)'", tiny_run.printed).group(1)
-    records = server_records(prefect_server, flow_run_name)
+    flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", tiny_run.printed).group(1)  # "View at ..."
+    records = server_records(prefect_server, flow_run_id)
     assert any("siamese epoch 1 scored" in log["message"] for log in records["logs"]) and records["artifacts"]
     for kind, items in records.items():
         assert secret not in json.dumps(items), kind

@@ -38,7 +38,7 @@ from reliability.conftest import (
 # From the signal to the process' end. About 2 s here; slack for a loaded CI machine.
 STOP_SECONDS = 30
 RESUME_LINE = re.compile(r"^interrupted \((SIGINT|SIGTERM)\); run the same command again to resume", re.M)
-SERVER_LINE = re.compile(r"temporary Prefect server on http://127\.0\.0\.1:(\d+) \(pid (\d+)\)")
+SERVER_LINE = re.compile(r"temporary Prefect server on http://127\.0\.0\.1:(\d+) \(pid (\d+)[,)]")
 
 
 @dataclass(frozen=True)
