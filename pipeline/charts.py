@@ -1,6 +1,7 @@
 """The score journey chart: the leaderboard metric after each phase and epoch, as in the seed."""
 
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -90,7 +91,8 @@ def _labelled_line(axis, positions: list[int], values: list[float], label: str, 
 def _finish(axis, metric: str, top: float, title: str) -> None:
     axis.set_ylabel(metric)
     _y_from_zero(axis, top)
-    axis.set_title(title, fontsize=9)
+    width = int(axis.get_position().width * axis.figure.get_figwidth() * 14)  # characters of 9 pt over the axis
+    axis.set_title(textwrap.fill(title, max(40, width)), fontsize=9)  # a config's long description wrapped, not cut
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="best")
 
