@@ -101,8 +101,7 @@ def _best_epoch(trained: list[dict], change: Change) -> str:
 
 
 def _number(value) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    """A score as a float: numbers, and numbers read back as text from scores.csv; else None."""
     try:
         return float(value)
     except (TypeError, ValueError):
